@@ -1,0 +1,195 @@
+"""STDF architecture and official-checkpoint loading, with checkpoints synthesised using exactly the
+official key names, shapes and wrappers (../shared/research/models.md §2)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from vsqe.errors import CheckpointError, ModelError
+from vsqe.models import build_model, get_model_spec
+from vsqe.models.checkpoint import load_weights
+
+# Key -> shape of STDF-PyTorch's R3 Y checkpoint (ckp_290000.pt), without the `module.` prefix.
+STDF_PYTORCH_Y_SHAPES = {
+    "ffnet.in_conv.0.weight": (32, 7, 3, 3),
+    "ffnet.offset_mask.weight": (189, 32, 3, 3),
+    "ffnet.offset_mask.bias": (189,),
+    "ffnet.deform_conv.weight": (64, 7, 3, 3),
+    "ffnet.deform_conv.bias": (64,),
+    "ffnet.up_conv1.2.weight": (32, 32, 4, 4),
+    "ffnet.tr_conv.4.weight": (32, 32, 4, 4),
+    "qenet.in_conv.0.weight": (48, 64, 3, 3),
+    "qenet.hid_conv.10.weight": (48, 48, 3, 3),
+    "qenet.out_conv.weight": (1, 48, 3, 3),
+}
+
+
+def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
+
+
+def _to_powervqe(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our (STDF-PyTorch) names -> PowerVQE names, written independently of the loader's map."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("ffnet."):
+            k = "generator.stdf." + k[len("ffnet."):]
+        elif k.startswith("qenet.in_conv.0."):
+            k = "generator.qenet.in_conv." + k[len("qenet.in_conv.0."):]
+        elif k.startswith("qenet.hid_conv."):
+            idx, rest = k[len("qenet.hid_conv."):].split(".", 1)
+            k = f"generator.qenet.hid_conv.{int(idx) + 1}.{rest}"
+        elif k.startswith("qenet.out_conv."):
+            k = "generator.qenet.out_conv.1." + k[len("qenet.out_conv."):]
+        out[k] = v
+    return out
+
+
+def test_stdf_y_matches_official_parameter_count_and_shapes():
+    model = get_model_spec("stdf").build()
+    assert sum(p.numel() for p in model.parameters()) == 364_510
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, shape in STDF_PYTORCH_Y_SHAPES.items():
+        assert shapes[key] == shape, key
+    assert "qenet.hid_conv.1.weight" not in shapes  # ReLUs sit at the odd indices
+
+
+def test_stdf_rgb_matches_powervqe_parameter_count():
+    model = get_model_spec("stdf-rgb").build()
+    assert sum(p.numel() for p in model.parameters()) == 486_714
+    assert tuple(model.state_dict()["ffnet.offset_mask.weight"].shape) == (567, 32, 3, 3)
+
+
+def test_output_is_residual_plus_centre_frame():
+    model = get_model_spec("stdf").build().eval()
+    with torch.no_grad():
+        model.qenet.out_conv.weight.zero_()
+        model.qenet.out_conv.bias.zero_()
+        x = torch.rand(2, 7, 1, 16, 24)
+        assert torch.equal(model(x), x[:, 3])
+
+
+def test_stdf_pytorch_checkpoint_loads_key_for_key(tmp_path: Path):
+    spec = get_model_spec("stdf")
+    reference = spec.build().eval()
+    state = _random_state(reference)
+    reference.load_state_dict(state)
+    ckp = {
+        "num_iter_accum": 290000,
+        "state_dict": {"module." + k: v for k, v in state.items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+    }
+    path = tmp_path / "ckp_290000.pt"
+    torch.save(ckp, path)
+    model, _, used = build_model("stdf", str(path))
+    assert used == str(path)
+    x = torch.rand(1, 7, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_powervqe_y_checkpoint_loads_into_the_same_network(tmp_path: Path):
+    spec = get_model_spec("stdf")
+    reference = spec.build().eval()
+    state = _random_state(reference, seed=1)
+    reference.load_state_dict(state)
+    path = tmp_path / "iter_1000000.pth"
+    torch.save({"meta": {"iter": 1000000}, "state_dict": _to_powervqe(state)}, path)
+    model, _, _ = build_model("stdf", str(path))
+    x = torch.rand(1, 7, 1, 8, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_powervqe_rgb_checkpoint_loads(tmp_path: Path):
+    spec = get_model_spec("stdf-rgb")
+    reference = spec.build().eval()
+    state = _random_state(reference, seed=2)
+    reference.load_state_dict(state)
+    path = tmp_path / "iter_rgb.pth"
+    torch.save({"meta": {}, "state_dict": _to_powervqe(state), "step_counter": torch.zeros(1)}, path)
+    model, _, _ = build_model("stdf-rgb", str(path))
+    x = torch.rand(1, 7, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_foreign_checkpoint_names_the_mis_shaped_key(tmp_path: Path):
+    rgb = get_model_spec("stdf-rgb").build()
+    path = tmp_path / "rgb.pth"
+    torch.save({"state_dict": _to_powervqe(_random_state(rgb))}, path)
+    with pytest.raises(CheckpointError, match=r"'ffnet\.in_conv\.0\.weight' has shape \[32, 21, 3, 3\]"):
+        build_model("stdf", str(path))
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path: Path):
+    model = get_model_spec("stdf").build()
+    state = _random_state(model)
+    del state["qenet.out_conv.bias"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing key 'qenet\.out_conv\.bias'"):
+        build_model("stdf", str(tmp_path / "missing.pt"))
+    state = _random_state(model)
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected key 'extra\.weight'"):
+        build_model("stdf", str(tmp_path / "extra.pt"))
+
+
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused_without_running(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": _RunsCode(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refusing checkpoint"):
+        build_model("stdf", str(path))
+    assert not marker.exists()
+
+
+def test_truncated_empty_and_nan_checkpoints(tmp_path: Path):
+    model = get_model_spec("stdf").build()
+    good = tmp_path / "good.pt"
+    torch.save(_random_state(model), good)
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+        build_model("stdf", str(tmp_path / "cut.pt"))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        build_model("stdf", str(tmp_path / "empty.pt"))
+    state = _random_state(model)
+    state["qenet.in_conv.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        build_model("stdf", str(tmp_path / "nan.pt"))
+    with pytest.raises(CheckpointError, match="not found"):
+        build_model("stdf", str(tmp_path / "nope.pt"))
+
+
+def test_safetensors_weights_load(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    model = get_model_spec("stdf").build()
+    state = _random_state(model, seed=3)
+    save_file(state, tmp_path / "w.safetensors")
+    loaded, _, _ = build_model("stdf", str(tmp_path / "w.safetensors"))
+    assert torch.equal(loaded.state_dict()["qenet.out_conv.weight"], state["qenet.out_conv.weight"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        build_model("stdf", str(tmp_path / "bad.safetensors"))
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ModelError, match=r"unknown model 'nope' \(known: .*stdf"):
+        get_model_spec("nope")

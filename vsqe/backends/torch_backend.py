@@ -1,0 +1,36 @@
+"""PyTorch backend: eager CPU (fp32 or bf16 autocast on AMX, channels_last) or CUDA."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def bf16_supported() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class TorchBackend:
+    def __init__(self, model: torch.nn.Module, precision: str = "fp32", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.precision = precision
+        self.name = f"torch-{precision}"
+        self.model = model.eval()
+        if precision == "bf16":
+            # channels_last keeps oneDNN on its AMX brgemm convolution kernels.
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model(x)
+        return out.float()

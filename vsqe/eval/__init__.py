@@ -1,0 +1,1 @@
+"""Quality metrics, per-frame reports and plots."""

@@ -1,0 +1,1 @@
+"""Decoding, encoding, raw files and pixel formats."""
