@@ -6,14 +6,18 @@ the bit depth and clip, as the PowerVQE protocol does before measuring PSNR.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from vsqe.errors import FormatError
+
+if TYPE_CHECKING:
+    import av
 
 Chroma = Literal["400", "420", "422", "444"]
 
@@ -192,3 +196,143 @@ def rgb_tensor_to_planes(rgb: torch.Tensor, like: VideoFrame, matrix: str = "bt6
         return torch.round(p * scale).clamp_(0, fmt.peak).to(torch.int32).numpy().astype(fmt.dtype)
 
     return [quant(16 + 219 * yn), quant(128 + 224 * sub(pb)), quant(128 + 224 * sub(pr))]
+
+
+# --- bit depth -------------------------------------------------------------------------------------
+
+
+def convert_bit_depth(plane: np.ndarray, from_depth: int, to_depth: int) -> np.ndarray:
+    """Integer samples at one bit depth -> another, the way HM and the data README compare them.
+
+    Down: (v + 2^(s-1)) >> s, clipped (a 10-bit VVC output against an 8-bit reference:
+    (v + 2) >> 2). Up: v << s (exact). Same depth: the plane itself, no copy.
+    """
+    if from_depth == to_depth:
+        return plane
+    out_dtype = np.uint8 if to_depth <= 8 else np.uint16
+    if from_depth > to_depth:
+        shift = from_depth - to_depth
+        wide = (plane.astype(np.uint32) + (1 << (shift - 1))) >> shift
+        return np.minimum(wide, (1 << to_depth) - 1).astype(out_dtype)
+    return (plane.astype(np.uint32) << (to_depth - from_depth)).astype(out_dtype)
+
+
+# --- y4m colour-space tags -------------------------------------------------------------------------
+
+# 8-bit 4:2:0 y4m tags name the chroma siting; higher depths use "420p10" etc. (FFmpeg's set).
+_Y4M_420_SITING = {"420jpeg": "center", "420mpeg2": "left", "420paldv": "topleft", "420": None}
+_Y4M_TAG = re.compile(r"^(?:(420|422|444)(?:p(\d+))?|mono(\d+)?)$")
+SUPPORTED_Y4M_TAGS = "420jpeg, 420mpeg2, 420paldv, 420, 422, 444, mono and their p9..p16 / mono9..mono16 forms"
+
+
+def pixel_format_from_y4m(tag: str | None) -> tuple[PixelFormat, str | None]:
+    """A y4m `C` tag (None when absent: 420jpeg) -> (format, chroma location or None)."""
+    tag = "420jpeg" if tag is None else tag
+    if tag in _Y4M_420_SITING:
+        return PixelFormat("420", 8), _Y4M_420_SITING[tag]
+    m = _Y4M_TAG.match(tag)
+    depth = int((m.group(2) or m.group(3) or 8)) if m else 0
+    if not m or not 8 <= depth <= 16:
+        raise FormatError(f"unsupported y4m colour space C{tag} (supported: {SUPPORTED_Y4M_TAGS})")
+    return PixelFormat(m.group(1) or "400", depth), None
+
+
+def y4m_tag_for(fmt: PixelFormat, chroma_location: str | None = None) -> str:
+    """The y4m `C` tag for a format; 8-bit 4:2:0 keeps its chroma siting when known."""
+    if fmt.chroma == "420" and fmt.bit_depth == 8:
+        return {"left": "420mpeg2", "topleft": "420paldv"}.get(chroma_location or "", "420jpeg")
+    return fmt.y4m_tag
+
+
+def frame_nbytes(fmt: PixelFormat, width: int, height: int) -> int:
+    """Bytes of one planar frame (y4m payload, raw .yuv frame)."""
+    itemsize = np.dtype(fmt.dtype).itemsize
+    return sum(h * w for h, w in fmt.plane_shapes(width, height)) * itemsize
+
+
+# --- colour description ----------------------------------------------------------------------------
+
+# FFmpeg's enum values (AVColorRange, AVColorSpace, AVColorPrimaries, AVColorTransferCharacteristic,
+# AVChromaLocation; part of its ABI, the same as the ITU-T H.273 code points for the middle three)
+# -> FFmpeg's names. 2 / 0 = unspecified is represented as None.
+_RANGES = {1: "tv", 2: "pc"}
+_MATRICES = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "ycgco",
+             9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 12: "chroma-derived-nc",
+             13: "chroma-derived-c", 14: "ictcp"}
+_PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
+              9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "ebu3213"}
+_TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
+              9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e", 13: "iec61966-2-1",
+              14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 17: "smpte428", 18: "arib-std-b67"}
+_CHROMA_LOCS = {1: "left", 2: "center", 3: "topleft", 4: "top", 5: "bottomleft", 6: "bottom"}
+_UNSPECIFIED = {"range": 0, "matrix": 2, "primaries": 2, "transfer": 2, "chroma_location": 0}
+
+
+@dataclass(frozen=True)
+class ColorInfo:
+    """Colour description of a stream, FFmpeg names; None = unspecified."""
+
+    range: str | None = None  # "tv" (limited) or "pc" (full)
+    matrix: str | None = None
+    primaries: str | None = None
+    transfer: str | None = None
+    chroma_location: str | None = None
+
+    @classmethod
+    def from_av(cls, obj: object) -> "ColorInfo":
+        """From an av.VideoFrame (or anything with its color_* attributes)."""
+        return cls(
+            range=_RANGES.get(getattr(obj, "color_range", 0)),
+            matrix=_MATRICES.get(getattr(obj, "colorspace", 2)),
+            primaries=_PRIMARIES.get(getattr(obj, "color_primaries", 2)),
+            transfer=_TRANSFERS.get(getattr(obj, "color_trc", 2)),
+            chroma_location=_CHROMA_LOCS.get(getattr(obj, "chroma_location", 0)),
+        )
+
+    def av_values(self) -> dict[str, int]:
+        """FFmpeg enum values, keyed by the av.VideoFrame / codec context attribute names."""
+
+        def code(table: dict[int, str], name: str | None, field: str) -> int:
+            return next((k for k, v in table.items() if v == name), _UNSPECIFIED[field])
+
+        return {
+            "color_range": code(_RANGES, self.range, "range"),
+            "colorspace": code(_MATRICES, self.matrix, "matrix"),
+            "color_primaries": code(_PRIMARIES, self.primaries, "primaries"),
+            "color_trc": code(_TRANSFERS, self.transfer, "transfer"),
+        }
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in vars(self).items() if v is not None]
+        return " ".join(parts) if parts else "unspecified"
+
+
+# --- PyAV frames <-> planes ------------------------------------------------------------------------
+
+
+def planes_from_av(frame: "av.VideoFrame", fmt: PixelFormat) -> list[np.ndarray]:
+    """Views of an av.VideoFrame's planes (no copy): the decoder's buffer, rows cropped to width.
+
+    The arrays keep the frame alive; treat them as read-only (the pipeline never writes in place).
+    """
+    out = []
+    itemsize = np.dtype(fmt.dtype).itemsize
+    for plane, (h, w) in zip(frame.planes, fmt.plane_shapes(frame.width, frame.height)):
+        flat = np.frombuffer(plane, dtype=fmt.dtype)
+        rows = flat[: h * (plane.line_size // itemsize)].reshape(h, plane.line_size // itemsize)
+        out.append(rows[:, :w])
+    return out
+
+
+def planes_to_av(planes: list[np.ndarray], fmt: PixelFormat) -> "av.VideoFrame":
+    """Integer planes -> a new av.VideoFrame in fmt (one copy, into the frame's own buffers)."""
+    import av
+
+    height, width = planes[0].shape
+    frame = av.VideoFrame(width, height, fmt.av_name)
+    itemsize = np.dtype(fmt.dtype).itemsize
+    for src, plane in zip(planes, frame.planes):
+        h, w = src.shape
+        rows = np.frombuffer(plane, dtype=fmt.dtype).reshape(-1, plane.line_size // itemsize)
+        rows[:h, :w] = src
+    return frame
