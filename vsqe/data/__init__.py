@@ -1,0 +1,1 @@
+"""Training data for vsqe: Debian source material, synthetic camera motion, real encoders."""

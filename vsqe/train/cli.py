@@ -1,0 +1,181 @@
+"""`vsqe data ...` and `vsqe train ...` subcommands (hooked into vsqe.cli; also `python -m vsqe.train.cli`).
+
+  vsqe data fetch-debian --cache DIR [--package P ...]
+  vsqe data build --src DIR [--src DIR ...] --out DIR [--qp 37] [--codecs x265-ldp,x264]
+                  [--clip-frames N] [--size WxH ...] [--clips-per-photo K] [--clips-per-video K] [--jobs J]
+  vsqe data manifest --out DIR       (re-assemble manifest.json from the clips written so far)
+  vsqe train --model stdf --data DIR --out DIR [--resume] [--iters N] [--batch B] [--patch P]
+             [--lr LR] [--val-every N]
+  vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vsqe.errors import VsqeError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WxH, got {text!r}") from None
+    if w % 8 or h % 8 or w < 64 or h < 64:
+        raise argparse.ArgumentTypeError(f"size {text} must be multiples of 8 and at least 64x64")
+    return w, h
+
+
+def add_data_parser(sub) -> None:
+    p = sub.add_parser("data", help="fetch source material and build training pairs")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    f = dsub.add_parser("fetch-debian", help="apt-get download + dpkg -x the Debian packages with photos/videos")
+    f.add_argument("--cache", required=True, type=Path)
+    f.add_argument("--package", action="append", help="package name (repeatable; default: the built-in list)")
+    f.set_defaults(func=_cmd_fetch)
+    b = dsub.add_parser("build", help="build (raw, compressed) clip pairs from local folders")
+    b.add_argument("--src", action="append", required=True, type=Path, help="folder with photos/videos (repeatable)")
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--qp", type=int, default=37)
+    b.add_argument("--codecs", default="x265-ldp,x264")
+    b.add_argument("--clip-frames", type=int, default=32)
+    b.add_argument("--size", action="append", type=_size, help="clip size WxH (repeatable; default 416x240, 640x360, 832x480)")
+    b.add_argument("--clips-per-photo", type=int, default=3)
+    b.add_argument("--clips-per-video", type=int, default=8)
+    b.add_argument("--min-size", type=int, default=128, help="smallest usable side (the largest patch)")
+    b.add_argument("--exclude", action="append", default=[], help="skip paths containing this text (repeatable)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--jobs", type=int, default=1)
+    b.set_defaults(func=_cmd_build)
+    m = dsub.add_parser("manifest", help="re-assemble manifest.json from the clips written so far")
+    m.add_argument("--out", required=True, type=Path)
+    m.set_defaults(func=_cmd_manifest)
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model on `vsqe data build` pairs (CPU, resumable)")
+    p.add_argument("action", nargs="?", choices=["run", "export"], default="run")
+    p.add_argument("--model", default="stdf")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, logs, curves); with export: the .safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exactly)")
+    p.add_argument("--resume-from", help="continue from this checkpoint file")
+    p.add_argument("--refresh-data", action="store_true", help="on resume, train on the data folder's current clips")
+    p.add_argument("--iters", type=int, default=60000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=96)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--x264-weight", type=float, default=0.2, help="share of x264 pairs (rest x265 LDP)")
+    p.add_argument("--val-every", type=int, default=500, help="validate on every 3rd dev frame (0: never)")
+    p.add_argument("--val-full-every", type=int, default=3000, help="validate on all dev frames (0: never)")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--ckpt", help="export: checkpoint to export")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_fetch(args) -> int:
+    from vsqe.data.debian import DEFAULT_PACKAGES, fetch_debian
+
+    infos = fetch_debian(args.cache, args.package or DEFAULT_PACKAGES)
+    print(f"{len(infos)} packages in {args.cache}")
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from vsqe.data.build import DEFAULT_SIZES, BuildConfig, build_dataset
+
+    cfg = BuildConfig(
+        out=args.out,
+        qp=args.qp,
+        codecs=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+        clip_frames=args.clip_frames,
+        sizes=tuple(args.size) if args.size else DEFAULT_SIZES,
+        clips_per_photo=args.clips_per_photo,
+        clips_per_video=args.clips_per_video,
+        min_size=args.min_size,
+        exclude=tuple(args.exclude),
+        seed=args.seed,
+        jobs=args.jobs,
+    )
+    if cfg.clip_frames < 7:
+        raise VsqeError(f"--clip-frames must be at least 7 (the STDF window), got {cfg.clip_frames}")
+    m = build_dataset(args.src, cfg)
+    print(f"{m['num_clips']} clips, {m['num_frames']} frames, {len(m['skipped'])} skipped -> {args.out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_manifest(args) -> int:
+    import json
+
+    from vsqe.data.build import BuildConfig, write_manifest
+
+    old = {}
+    if (args.out / "manifest.json").is_file():
+        old = json.loads((args.out / "manifest.json").read_text())
+    cfg = BuildConfig(out=args.out, qp=old.get("qp", 37), codecs=tuple(old.get("codecs", ("x265-ldp", "x264"))),
+                      clip_frames=old.get("clip_frames", 32), seed=old.get("seed", 0))
+    m = write_manifest(args.out, cfg, [])
+    print(f"{m['num_clips']} clips -> {args.out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    if args.action == "export":
+        from vsqe.train.export import export_checkpoint
+
+        if not args.ckpt or not args.out:
+            raise VsqeError("vsqe train export needs --ckpt FILE and --out FILE.safetensors")
+        export_checkpoint(args.ckpt, args.out)
+        print(f"wrote {args.out}")
+        return 0
+    from vsqe.train.trainer import Trainer, TrainConfig
+
+    if args.data is None or args.out is None:
+        raise VsqeError("vsqe train needs --data DIR and --out DIR")
+    cfg = TrainConfig(
+        data=str(args.data),
+        out=str(args.out),
+        model=args.model,
+        iters=args.iters,
+        batch=args.batch,
+        patch=args.patch,
+        lr=args.lr,
+        warmup=args.warmup,
+        precision=args.precision,
+        threads=args.threads,
+        seed=args.seed,
+        codec_weights={"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight},
+        val_every=args.val_every,
+        val_full_every=args.val_full_every,
+        ckpt_minutes=args.ckpt_minutes,
+        log_every=args.log_every,
+    )
+    if cfg.patch % 8 or cfg.patch < 16:
+        raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
+    trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, refresh_data=args.refresh_data,
+                      log=lambda m: print(m, flush=True))
+    trainer.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vsqe")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_data_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VsqeError as exc:
+        print(f"vsqe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

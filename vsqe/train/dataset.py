@@ -1,0 +1,140 @@
+"""Patch sampling from a `vsqe data build` folder, with a sampler state that can be saved exactly.
+
+A sample: a clip (weighted by its pixels), a codec (weighted), a centre frame t with its 7-frame
+window (indices replicated at the clip ends, the STDF rule), a patch whose origin lies on the 8x8
+grid (the codec's block grid keeps its phase), random flips / transpose and temporal reversal.
+Near-flat patches and patches the codec left almost untouched are mostly rejected: they teach
+nothing at QP 37.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsqe.errors import InputError
+from vsqe.pipeline.window import window_indices
+
+
+class PatchSampler:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        patch: int = 96,
+        radius: int = 3,
+        codec_weights: dict[str, float] | None = None,
+        seed: int = 0,
+        flat_std: float = 4.0,
+        flat_keep: float = 0.1,
+        max_clips: int | None = None,
+        clip_ids: list[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        mpath = self.data_dir / "manifest.json"
+        if not mpath.is_file():
+            raise InputError(f"no manifest.json in {self.data_dir} (run `vsqe data build` first)")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except ValueError as exc:
+            raise InputError(f"unreadable manifest {mpath}: {exc}") from None
+        self.patch = patch
+        self.radius = radius
+        self.flat_std = flat_std
+        self.flat_keep = flat_keep
+        codec_weights = codec_weights or {"x265-ldp": 0.8, "x264": 0.2}
+        self.clips: list[dict] = []
+        wanted = set(clip_ids) if clip_ids is not None else None
+        for c in sorted(manifest["clips"], key=lambda c: c["id"]):
+            if wanted is not None and c["id"] not in wanted:
+                continue
+            if c["width"] < patch or c["height"] < patch:
+                continue
+            encs = [
+                (name, e) for name, e in sorted(c["encodes"].items()) if codec_weights.get(e["codec"], 0) > 0
+            ]
+            if not encs:
+                continue
+            self.clips.append(
+                {
+                    "id": c["id"],
+                    "raw": self.data_dir / c["raw"],
+                    "encodes": [self.data_dir / e["file"] for _, e in encs],
+                    "enc_w": np.array([codec_weights[e["codec"]] for _, e in encs], dtype=np.float64),
+                    "frames": c["frames"],
+                    "pixels": c["width"] * c["height"] * c["frames"],
+                }
+            )
+            if max_clips is not None and len(self.clips) >= max_clips:
+                break
+        if not self.clips:
+            raise InputError(f"no usable clips (>= {patch}px) in {self.data_dir}")
+        w = np.array([c["pixels"] for c in self.clips], dtype=np.float64)
+        self.clip_p = w / w.sum()
+        self._arrays: dict[Path, np.ndarray] = {}
+        self.rng = np.random.default_rng(seed)
+        self.stats = {"drawn": 0, "rejected": 0}
+
+    @property
+    def clip_ids(self) -> list[str]:
+        return [c["id"] for c in self.clips]
+
+    def _arr(self, path: Path) -> np.ndarray:
+        a = self._arrays.get(path)
+        if a is None:
+            a = np.load(path, mmap_mode="r")
+            self._arrays[path] = a
+        return a
+
+    # --- exact resume -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        # JSON-able: torch.load(weights_only=True) accepts it.
+        return {"bit_generator": json.dumps(self.rng.bit_generator.state), "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["bit_generator"])
+        self.stats = dict(state["stats"])
+
+    # --- sampling -----------------------------------------------------------------------------
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One (window [T, P, P] uint8, target [P, P] uint8)."""
+        rng = self.rng
+        p = self.patch
+        for _ in range(20):
+            clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_p))]
+            raw = self._arr(clip["raw"])
+            k = int(rng.choice(len(clip["encodes"]), p=clip["enc_w"] / clip["enc_w"].sum()))
+            enc = self._arr(clip["encodes"][k])
+            t_len, h, w = raw.shape
+            t = int(rng.integers(t_len))
+            y0 = int(rng.integers((h - p) // 8 + 1)) * 8
+            x0 = int(rng.integers((w - p) // 8 + 1)) * 8
+            target = np.asarray(raw[t, y0 : y0 + p, x0 : x0 + p])
+            self.stats["drawn"] += 1
+            flat = target.std() < self.flat_std
+            centre = np.asarray(enc[t, y0 : y0 + p, x0 : x0 + p])
+            untouched = np.abs(centre.astype(np.int16) - target).mean() < 0.5
+            if (flat or untouched) and rng.random() > self.flat_keep:
+                self.stats["rejected"] += 1
+                continue
+            break
+        idx = window_indices(t, self.radius, t_len, "replicate")
+        window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in idx])
+        # augmentation: temporal reversal, flips, transpose (all keep the 8x8 grid phase)
+        if rng.random() < 0.5:
+            window = window[::-1]
+        if rng.random() < 0.5:
+            window, target = window[:, :, ::-1], target[:, ::-1]
+        if rng.random() < 0.5:
+            window, target = window[:, ::-1, :], target[::-1, :]
+        if rng.random() < 0.5:
+            window, target = window.transpose(0, 2, 1), target.T
+        return np.ascontiguousarray(window), np.ascontiguousarray(target)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [n, T, 1, P, P] float in [0, 1], y [n, 1, P, P]."""
+        xs, ys = zip(*(self.sample() for _ in range(n)))
+        x = torch.from_numpy(np.stack(xs)).float().div_(255).unsqueeze(2)
+        y = torch.from_numpy(np.stack(ys)).float().div_(255).unsqueeze(1)
+        return x, y

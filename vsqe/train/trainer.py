@@ -1,0 +1,462 @@
+"""`vsqe train`: STDF on the CPU with bf16 autocast + channels_last, exact resume, validation.
+
+Checkpoint file format (DIR/last.pt, DIR/best.pt): 64 ASCII hex characters (sha256 of the rest)
+then a torch.save payload of plain tensors and primitives (loaded with weights_only=True). A file
+whose digest does not match is refused with one line. Writes are atomic (temp file, fsync, rename);
+the previous last.pt is kept as prev.pt.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vsqe.errors import CheckpointError
+from vsqe.train.dataset import PatchSampler
+from vsqe.train.dcn import deform_conv2d_gs
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "stdf"
+    iters: int = 60000
+    batch: int = 16
+    patch: int = 96
+    lr: float = 2e-4
+    lr_min_ratio: float = 0.05
+    warmup: int = 300
+    grad_clip: float = 1.0
+    charbonnier_eps: float = 1e-3
+    precision: str = "bf16"
+    threads: int = 2
+    seed: int = 0
+    codec_weights: dict = field(default_factory=lambda: {"x265-ldp": 0.8, "x264": 0.2})
+    log_every: int = 25
+    stats_every: int = 100
+    ckpt_minutes: float = 5.0
+    val_every: int = 500
+    val_full_every: int = 3000
+    val_step: int = 3
+    val_clips: tuple = ("city_416x240", "phone_832x480", "birds_640x360")
+    init_residual_std: float = 0.004
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(digest)
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if len(data) < 65 or hashlib.sha256(data[64:]).hexdigest().encode() != data[:64]:
+        raise CheckpointError(f"refusing checkpoint {path}: sha256 mismatch (truncated or corrupted)")
+    try:
+        return torch.load(io.BytesIO(data[64:]), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - one line for any unpickling failure
+        raise CheckpointError(f"refusing checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def _ensure_ops() -> str:
+    """Imports vsqe.ops, or installs a torchvision shim when it does not exist (yet)."""
+    try:
+        import vsqe.ops as ops  # noqa: F401
+
+        if hasattr(ops, "deform_conv2d"):
+            return "vsqe.ops"
+    except ImportError:
+        pass
+    import torchvision
+
+    shim = types.ModuleType("vsqe.ops")
+
+    def deform_conv2d(x, offset, mask, weight, bias, stride=1, padding=0, dilation=1):
+        return torchvision.ops.deform_conv2d(
+            x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
+        )
+
+    shim.deform_conv2d = deform_conv2d
+    sys.modules["vsqe.ops"] = shim
+    return "torchvision shim"
+
+
+def build_train_model(name: str = "stdf") -> torch.nn.Module:
+    _ensure_ops()
+    from vsqe.models import get_model_spec
+
+    model = get_model_spec(name).build()
+    dc = model.ffnet.deform_conv
+
+    def forward(x, offset, mask):  # training DCN: grid_sample version, fp32
+        with torch.autocast("cpu", enabled=False):
+            return deform_conv2d_gs(x.float(), offset.float(), mask.float(), dc.weight, dc.bias, padding=dc.padding)
+
+    dc.forward = forward
+    return model
+
+
+def init_weights(model: torch.nn.Module) -> None:
+    """He-normal convs (signal keeps its scale through the ReLU stacks), zero offsets (the fusion
+    starts as a plain 7-frame conv, mask 0.5), and a small final conv (rescaled later from data)."""
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    dc = model.ffnet.deform_conv
+    torch.nn.init.kaiming_normal_(dc.weight, nonlinearity="relu")
+    torch.nn.init.zeros_(dc.bias)
+    torch.nn.init.zeros_(model.ffnet.offset_mask.weight)
+    torch.nn.init.zeros_(model.ffnet.offset_mask.bias)
+
+
+@torch.no_grad()
+def scale_residual(model, x: torch.Tensor, target_std: float) -> float:
+    centre = x[:, model.radius]
+    res = model(x) - centre
+    std = float(res.std())
+    if std > 0:
+        model.qenet.out_conv.weight.mul_(target_std / std)
+        model.qenet.out_conv.bias.zero_()
+    return std
+
+
+@torch.no_grad()
+def health(model, x: torch.Tensor) -> dict:
+    """Residual std (in 8-bit levels) and the fraction of live ReLU outputs per layer."""
+    live: list[float] = []
+    hooks = []
+
+    def hook(mod, inp, out):
+        live.append(float((out > 0).float().mean()))
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ReLU):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    res = out - x[:, model.radius]
+    return {
+        "res_std": float(res.std()) * 255,
+        "live_min": min(live) if live else 1.0,
+        "live_mean": sum(live) / len(live) if live else 1.0,
+        "live": [round(v, 3) for v in live],
+    }
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    if it < cfg.warmup:
+        return cfg.lr * (0.01 + 0.99 * it / cfg.warmup)
+    frac = min(1.0, (it - cfg.warmup) / max(1, cfg.iters - cfg.warmup))
+    lo = cfg.lr * cfg.lr_min_ratio
+    return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * frac))
+
+
+def charbonnier(out: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt((out - y) ** 2 + eps * eps).mean()
+
+
+# ------------------------------------------------------------------------------ training
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        resume_from: str | None = None,
+        refresh_data: bool = False,
+        log=print,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        torch.set_num_threads(cfg.threads)
+        self.ops = _ensure_ops()
+        state = None
+        if resume or resume_from:
+            ck = Path(resume_from) if resume_from else self.out / "last.pt"
+            if ck.is_file():
+                state = load_checkpoint(ck)
+                saved = state["config"]
+                # The run's identity comes from the checkpoint; the command line may change the
+                # length, validation and logging cadence, and the thread count.
+                keep = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads")
+                merged = {**saved, **{k: getattr(cfg, k) for k in keep}}
+                merged["val_clips"] = tuple(merged["val_clips"])
+                self.cfg = cfg = TrainConfig(**merged)
+                torch.set_num_threads(cfg.threads)
+                log(f"resuming from {ck} at iteration {state['iteration']}")
+            elif resume_from:
+                raise CheckpointError(f"checkpoint not found: {ck}")
+            else:
+                log(f"no checkpoint in {self.out}; starting a new run")
+        torch.manual_seed(cfg.seed)
+        # The run trains on a fixed list of clips (out/clips.json) so that a resume is exact even
+        # when the data folder has grown; --refresh-data adopts the folder's current clips.
+        clips_file = self.out / "clips.json"
+        clip_ids = None
+        if state is not None and clips_file.is_file() and not refresh_data:
+            clip_ids = json.loads(clips_file.read_text())
+        self.sampler = PatchSampler(
+            cfg.data, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed, clip_ids=clip_ids
+        )
+        if clip_ids is None:
+            clips_file.write_text(json.dumps(self.sampler.clip_ids))
+            if state is not None:
+                log(f"training data: {len(self.sampler.clips)} clips from {cfg.data} (refreshed)")
+        self.model = build_train_model(cfg.model)
+        self.radius = self.model.radius
+        self.model.radius = self.radius
+        if cfg.precision == "bf16":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.iteration = 0
+        self.best = {"delta": -1e9, "iteration": -1}
+        self.elapsed = 0.0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sampler.load_state_dict(state["sampler"])  # the RNG stream continues
+            torch.set_rng_state(state["torch_rng"])
+            self.iteration = int(state["iteration"])
+            self.best = dict(state["best"])
+            self.elapsed = float(state.get("elapsed", 0.0))
+        else:
+            init_weights(self.model)
+            x, _ = self.sampler.batch(cfg.batch)
+            std0 = scale_residual(self.model, x, cfg.init_residual_std)
+            log(f"init: residual std {std0 * 255:.2f} -> {cfg.init_residual_std * 255:.2f} levels")
+            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        self._stop = False
+
+    # -- state
+    def state(self) -> dict:
+        return {
+            "format": "vsqe-train-ckpt/1",
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "iteration": self.iteration,
+            "best": self.best,
+            "elapsed": self.elapsed,
+        }
+
+    def checkpoint(self) -> None:
+        last = self.out / "last.pt"
+        if last.is_file():
+            os.replace(last, self.out / "prev.pt")
+        save_checkpoint(last, self.state())
+
+    # -- one step
+    def step(self) -> dict:
+        cfg = self.cfg
+        x, y = self.sampler.batch(cfg.batch)
+        lr = lr_at(self.iteration, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if cfg.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        loss = charbonnier(out.float(), y, cfg.charbonnier_eps)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        if not math.isfinite(gnorm):
+            self.opt.zero_grad(set_to_none=True)  # skip a non-finite step
+        else:
+            self.opt.step()
+        self.iteration += 1
+        with torch.no_grad():
+            mse_out = float(F.mse_loss(out.float().clamp(0, 1), y))
+            mse_in = float(F.mse_loss(x[:, self.radius], y))
+        return {"loss": float(loss.detach()), "lr": lr, "gnorm": gnorm, "mse_in": mse_in, "mse_out": mse_out, "x": x}
+
+    # -- validation through the inference path
+    def validate(self, full: bool) -> dict:
+        from safetensors.torch import save_file
+
+        from vsqe.pipeline.enhancer import Enhancer
+        from vsqe.train.validate import evaluate, summarize
+
+        tmp = self.out / "val_weights.safetensors"
+        sd = {k: v.detach().float().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(sd, str(tmp))
+        enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
+        t0 = time.time()
+        res = evaluate(enh, clips=tuple(self.cfg.val_clips), frame_step=1 if full else self.cfg.val_step)
+        s = summarize(res)
+        s["seconds"] = round(time.time() - t0, 1)
+        s["full"] = full
+        torch.set_num_threads(self.cfg.threads)
+        return s
+
+    def _log_val(self, s: dict) -> None:
+        path = self.out / "val.csv"
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["iteration", "hours", "kind", "delta_mean", "city", "phone", "birds", "worst_class", "worst_frame"])
+            pc = s["per_clip"]
+            w.writerow([
+                self.iteration, round(self.elapsed / 3600, 3), "full" if s["full"] else "subset", s["delta_mean"],
+                pc.get("city_416x240", ""), pc.get("phone_832x480", ""), pc.get("birds_640x360", ""),
+                s["worst_class"], s["worst_frame"],
+            ])
+        with open(self.out / "val.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": self.iteration, **s}) + "\n")
+        try:
+            plot_curves(self.out)
+        except Exception as exc:  # noqa: BLE001 - a plot must never stop training
+            self.log(f"plot failed: {exc}")
+
+    def run(self) -> None:
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        train_csv = self.out / "train.csv"
+        new = not train_csv.is_file()
+        fcsv = open(train_csv, "a", newline="")
+        wcsv = csv.writer(fcsv)
+        if new:
+            wcsv.writerow(["iteration", "hours", "loss", "lr", "gnorm", "psnr_in", "psnr_out", "it_per_s", "res_std", "live_min", "live_mean"])
+        last_ckpt = time.time()
+        t_mark, it_mark = time.time(), self.iteration
+        acc = {"loss": 0.0, "gnorm": 0.0, "mse_in": 0.0, "mse_out": 0.0, "n": 0}
+        self.log(
+            f"training {cfg.model}: batch {cfg.batch} x {cfg.patch}px, lr {cfg.lr}, {cfg.precision}, "
+            f"{len(self.sampler.clips)} clips, DCN for validation: {self.ops}"
+        )
+        try:
+            while self.iteration < cfg.iters and not self._stop:
+                t0 = time.time()
+                r = self.step()
+                self.elapsed += time.time() - t0
+                for k in ("loss", "gnorm", "mse_in", "mse_out"):
+                    acc[k] += r[k]
+                acc["n"] += 1
+                hl = None
+                if self.iteration % cfg.stats_every == 0 or self.iteration <= 1:
+                    hl = health(self.model, r["x"][: min(4, len(r["x"]))])
+                if self.iteration % cfg.log_every == 0 or hl is not None:
+                    n = acc["n"]
+                    now = time.time()
+                    ips = (self.iteration - it_mark) / max(1e-6, now - t_mark)
+                    pin = 10 * math.log10(1 / max(acc["mse_in"] / n, 1e-12))
+                    pout = 10 * math.log10(1 / max(acc["mse_out"] / n, 1e-12))
+                    row = [self.iteration, round(self.elapsed / 3600, 4), round(acc["loss"] / n, 6), f"{r['lr']:.3g}",
+                           round(acc["gnorm"] / n, 4), round(pin, 3), round(pout, 3), round(ips, 3)]
+                    row += [round(hl["res_std"], 3), round(hl["live_min"], 3), round(hl["live_mean"], 3)] if hl else ["", "", ""]
+                    wcsv.writerow(row)
+                    fcsv.flush()
+                    msg = (f"it {self.iteration} loss {acc['loss'] / n:.5f} lr {r['lr']:.2e} gnorm {acc['gnorm'] / n:.3f} "
+                           f"patch dPSNR {pout - pin:+.3f} ({pin:.2f}->{pout:.2f}) {ips:.2f} it/s")
+                    if hl:
+                        msg += f" | res_std {hl['res_std']:.2f} lv, live relu min {hl['live_min']:.2f} mean {hl['live_mean']:.2f}"
+                    self.log(msg)
+                    acc = {"loss": 0.0, "gnorm": 0.0, "mse_in": 0.0, "mse_out": 0.0, "n": 0}
+                    t_mark, it_mark = now, self.iteration
+                do_full = cfg.val_full_every > 0 and self.iteration % cfg.val_full_every == 0
+                if do_full or (cfg.val_every > 0 and self.iteration % cfg.val_every == 0):
+                    s = self.validate(full=do_full)
+                    self._log_val(s)
+                    tag = "full" if do_full else f"every {cfg.val_step}rd frame"
+                    self.log(f"val it {self.iteration} ({tag}, {s['seconds']}s): dY-PSNR {s['delta_mean']:+.4f} dB "
+                             f"{s['per_clip']} worst class {s['worst_class']:+.4f} worst frame {s['worst_frame']:+.4f}")
+                    if not do_full and s["delta_mean"] > self.best["delta"]:
+                        self.best = {"delta": s["delta_mean"], "iteration": self.iteration, **{k: s[k] for k in ("per_clip", "worst_class", "worst_frame")}}
+                        save_checkpoint(self.out / "best.pt", self.state())
+                        self.log(f"new best at {self.iteration}: {s['delta_mean']:+.4f} dB")
+                    self.checkpoint()
+                    last_ckpt = time.time()
+                    t_mark, it_mark = time.time(), self.iteration
+                elif time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+                    self.checkpoint()
+                    last_ckpt = time.time()
+        finally:
+            fcsv.close()
+        self.checkpoint()
+        self.log(f"stopped at iteration {self.iteration} ({'signal' if self._stop else 'done'}); checkpoint {self.out / 'last.pt'}")
+
+    def _on_signal(self, signum, frame) -> None:  # finish the current step, checkpoint, exit
+        self._stop = True
+
+
+def plot_curves(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(out / "train.csv")))
+    vals = list(csv.DictReader(open(out / "val.csv"))) if (out / "val.csv").is_file() else []
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    it = [int(r["iteration"]) for r in rows]
+    ax[0].plot(it, [float(r["psnr_out"]) - float(r["psnr_in"]) for r in rows], lw=0.6)
+    ax[0].set_title("training patches: dPSNR (dB)")
+    ax[0].axhline(0, color="k", lw=0.5)
+    st = [(int(r["iteration"]), float(r["res_std"]), float(r["live_min"])) for r in rows if r["res_std"]]
+    if st:
+        ax[1].plot([s[0] for s in st], [s[1] for s in st], label="residual std (levels)")
+        ax1b = ax[1].twinx()
+        ax1b.plot([s[0] for s in st], [s[2] for s in st], color="r", label="min live ReLU fraction")
+        ax1b.set_ylim(0, 1)
+        ax[1].set_title("residual std (blue), min live ReLU (red)")
+    for kind, mk in (("subset", "o-"), ("full", "s--")):
+        vv = [v for v in vals if v["kind"] == kind]
+        if vv:
+            x = [int(v["iteration"]) for v in vv]
+            ax[2].plot(x, [float(v["delta_mean"]) for v in vv], mk, label=f"mean ({kind})")
+            for c in ("city", "phone", "birds"):
+                ax[2].plot(x, [float(v[c]) for v in vv], mk, lw=0.6, ms=2, alpha=0.6, label=f"{c} ({kind})")
+    ax[2].axhline(0, color="k", lw=0.5)
+    ax[2].axhline(0.4, color="g", lw=0.5, ls=":")
+    ax[2].set_title("dev HM QP37: dY-PSNR (dB)")
+    ax[2].legend(fontsize=6)
+    for a in ax:
+        a.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png.tmp.png", dpi=90)
+    plt.close(fig)
+    os.replace(out / "curves.png.tmp.png", out / "curves.png")
