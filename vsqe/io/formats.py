@@ -300,6 +300,7 @@ class ColorInfo:
             "colorspace": code(_MATRICES, self.matrix, "matrix"),
             "color_primaries": code(_PRIMARIES, self.primaries, "primaries"),
             "color_trc": code(_TRANSFERS, self.transfer, "transfer"),
+            "chroma_location": code(_CHROMA_LOCS, self.chroma_location, "chroma_location"),
         }
 
     def describe(self) -> str:
