@@ -33,7 +33,7 @@ def add_data_parser(sub) -> None:
     f = dsub.add_parser("fetch-debian", help="apt-get download + dpkg -x the Debian packages with photos/videos")
     f.add_argument("--cache", required=True, type=Path)
     f.add_argument("--package", action="append", help="package name (repeatable; default: the built-in list)")
-    f.set_defaults(func=_cmd_fetch)
+    f.set_defaults(func=_cmd_fetch, handler=_cmd_fetch)
     b = dsub.add_parser("build", help="build (raw, compressed) clip pairs from local folders")
     b.add_argument("--src", action="append", required=True, type=Path, help="folder with photos/videos (repeatable)")
     b.add_argument("--out", required=True, type=Path)
@@ -47,10 +47,10 @@ def add_data_parser(sub) -> None:
     b.add_argument("--exclude", action="append", default=[], help="skip paths containing this text (repeatable)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=1)
-    b.set_defaults(func=_cmd_build)
+    b.set_defaults(func=_cmd_build, handler=_cmd_build)
     m = dsub.add_parser("manifest", help="re-assemble manifest.json from the clips written so far")
     m.add_argument("--out", required=True, type=Path)
-    m.set_defaults(func=_cmd_manifest)
+    m.set_defaults(func=_cmd_manifest, handler=_cmd_manifest)
 
 
 def add_train_parser(sub) -> None:
@@ -76,7 +76,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--ckpt", help="export: checkpoint to export")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
 
 def _cmd_fetch(args) -> int:

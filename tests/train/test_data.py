@@ -1,0 +1,58 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vsqe.data.codec import ldp_qps
+
+
+def test_ldp_schedule():
+    assert ldp_qps(37, 9) == [37, 40, 39, 40, 38, 40, 39, 40, 38]
+
+
+def test_build_tiny_manifest(tiny_data):
+    out, manifest = tiny_data
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["num_clips"] == 1 == len(on_disk["clips"])
+    clip = on_disk["clips"][0]
+    assert (clip["width"], clip["height"], clip["frames"]) == (128, 128, 8)
+    raw = np.load(out / clip["raw"])
+    enc = clip["encodes"]["x265-ldp-qp37"]
+    dec = np.load(out / enc["file"])
+    assert raw.shape == dec.shape == (8, 128, 128) and raw.dtype == dec.dtype == np.uint8
+    assert enc["frame_qps"] == [37, 40, 39, 40, 38, 40, 39, 40]
+    assert len(enc["y_psnr"]) == 8 and 20 < enc["y_psnr_mean"] < 50
+    # limited-range levels: the Y samples stay within 16..235
+    assert raw.min() >= 16 and raw.max() <= 235
+    assert "synthetic_motion" in clip and clip["source"].endswith("street.png")
+
+
+def test_bad_sources_named_and_skipped(tmp_path, shared_data):
+    if shutil.which("x265") is None:
+        pytest.skip("x265 not installed")
+    from vsqe.data.build import BuildConfig, build_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "empty").mkdir()
+    (src / "garbage.jpg").write_bytes(b"not a jpeg at all")
+    Image.new("RGB", (40, 30), (90, 120, 30)).save(src / "tiny.png")
+    (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 100)
+    (src / "cityCC0.mpg").write_bytes(b"held out by name")
+    lines = []
+    cfg = BuildConfig(out=tmp_path / "out", codecs=("x265-ldp",), clip_frames=8, sizes=((128, 128),),
+                      clips_per_photo=1, min_size=64, min_photo_pixels=0, log=lines.append)
+    m = build_dataset([src, tmp_path / "empty", tmp_path / "missing"], cfg)
+    assert m["num_clips"] == 0
+    reasons = {s["source"].rsplit("/", 1)[-1]: s["reason"] for s in m["skipped"]}
+    assert "unreadable image" in reasons["garbage.jpg"]
+    assert "smaller than the 64px patch size" in reasons["tiny.png"]
+    assert "video" in reasons["broken.mp4"] or "decode" in reasons["broken.mp4"]
+    assert reasons["cityCC0.mpg"].startswith("held out")
+    assert "no photos or videos" in reasons["empty"]
+    assert "not a readable folder" in reasons["missing"]
+    # every problem is one line in the log
+    assert all("\n" not in line for line in lines)
+    assert any("garbage.jpg" in line for line in lines)
