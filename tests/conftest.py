@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,3 +59,32 @@ def _run_vsqe(*args: str | os.PathLike, timeout: float = 120, **kwargs) -> subpr
 def vsqe_cli():
     """Runs `python -m vsqe ARGS` as a user would (a subprocess); stdout and stderr as text."""
     return _run_vsqe
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    """Inputs that are not videos, by kind; all in a folder of their own."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "empty.mkv").write_bytes(b"")
+    (folder / "text.mkv").write_text("not a video\n" * 20)
+    png = folder / "still.png"
+    av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24").to_image().save(png)
+    (folder / "png_named.mkv").write_bytes(png.read_bytes())
+    audio = folder / "audio_only.mka"
+    with av.open(str(audio), "w") as out:
+        stream = out.add_stream("flac", rate=8000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return {
+        "missing": folder / "missing.mkv",
+        "directory": folder,
+        "empty": folder / "empty.mkv",
+        "text": folder / "text.mkv",
+        "png": png,
+        "png_named_mkv": folder / "png_named.mkv",
+        "audio_only": audio,
+    }

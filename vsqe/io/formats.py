@@ -12,12 +12,15 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from vsqe.errors import FormatError
 
 if TYPE_CHECKING:
     import av
+    import torch
+
+# torch is imported inside the tensor conversions only: decoding, encoding and `vsqe eval` do not
+# need it, and importing it costs seconds at start-up.
 
 Chroma = Literal["400", "420", "422", "444"]
 
@@ -125,17 +128,23 @@ def check_frame_size(width: int, height: int) -> None:
 
 def plane_to_float(plane: np.ndarray, fmt: PixelFormat) -> torch.Tensor:
     """One integer plane -> float32 [H, W] tensor in [0, 1] (samples / (2^bitdepth - 1))."""
+    import torch
+
     return torch.from_numpy(plane.astype(np.float32, copy=False)).mul_(1.0 / fmt.peak)
 
 
 def float_to_plane(values: torch.Tensor, fmt: PixelFormat) -> np.ndarray:
     """Float [H, W] in [0, 1] -> integer plane: scaled, rounded half to even, clipped."""
+    import torch
+
     scaled = torch.round(values.detach().float() * fmt.peak).clamp_(0, fmt.peak)
     return scaled.to(torch.int32).numpy().astype(fmt.dtype)
 
 
 def frames_to_luma_tensor(frames: list[VideoFrame]) -> torch.Tensor:
     """A temporal window of frames -> [1, T, 1, H, W] float32 luma."""
+    import torch
+
     planes = [plane_to_float(f.planes[0], f.fmt) for f in frames]
     return torch.stack(planes).unsqueeze(0).unsqueeze(2)
 
@@ -152,6 +161,8 @@ def _matrix(name: str) -> tuple[float, float]:
 
 def frames_to_rgb_tensor(frames: list[VideoFrame], matrix: str = "bt601") -> torch.Tensor:
     """A window of YUV frames -> [1, T, 3, H, W] float32 RGB in [0, 1] (limited-range input)."""
+    import torch
+
     kr, kb = _matrix(matrix)
     out = []
     for f in frames:
@@ -175,6 +186,8 @@ def frames_to_rgb_tensor(frames: list[VideoFrame], matrix: str = "bt601") -> tor
 
 def rgb_tensor_to_planes(rgb: torch.Tensor, like: VideoFrame, matrix: str = "bt601") -> list[np.ndarray]:
     """[3, H, W] RGB in [0, 1] -> YUV planes in the format of `like` (limited range)."""
+    import torch
+
     kr, kb = _matrix(matrix)
     fmt = like.fmt
     r, g, b = rgb.float().clamp(0, 1)
