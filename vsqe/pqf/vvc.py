@@ -596,6 +596,7 @@ class PictureHeader:
     inter_allowed: bool
     poc_lsb: int
     poc_msb_cycle_val: int | None = None
+    recovery_poc_cnt: int | None = None  # GDR pictures only
     output: bool = True
     lmcs: bool = False
     explicit_scaling_list: bool = False
@@ -629,7 +630,7 @@ def parse_picture_header(r: BitReader, spss: dict[int, Sps], pps_of: "PpsStore")
     pps, sps = pps_of.get(pps_id, spss)
     ph = PictureHeader(pps, sps, gdr_or_irap, non_ref, inter_allowed, r.u(sps.log2_max_poc_lsb))
     if gdr:
-        r.ue()  # ph_recovery_poc_cnt
+        ph.recovery_poc_cnt = r.ue(1 << 16)  # ph_recovery_poc_cnt
     r.skip(sps.extra_ph_bits)  # ph_extra_bit
     if sps.poc_msb_cycle:
         if r.flag():  # ph_poc_msb_cycle_present_flag
@@ -850,6 +851,7 @@ class VvcParser:
         self._after_eos = False
         self._prev_tid0_poc: int | None = None
         self._skip_rasl = False
+        self._recovery_poc: int | None = None  # until the recovery point of a starting GDR
 
     def push(self, nal: NalUnit) -> Iterator[PictureInfo]:
         if len(nal.data) < 2:
@@ -976,6 +978,14 @@ class VvcParser:
                 msb = prev_msb
         pic.poc = msb + lsb
         if not ph.output:
+            pic.output = False
+        # 8.1.1 / C.5.2.2: a CLVS that starts with a GDR picture outputs nothing before the
+        # recovery point (PictureOutputFlag 0 while POC < RpPicOrderCntVal).
+        if nal_type in (IDR_W_RADL, IDR_N_LP, CRA, GDR):  # a new association
+            self._recovery_poc = None
+            if nal_type == GDR and self._no_output_before_recovery and ph.recovery_poc_cnt is not None:
+                self._recovery_poc = pic.poc + ph.recovery_poc_cnt
+        if self._recovery_poc is not None and pic.poc < self._recovery_poc:
             pic.output = False
         if tid == 0 and nal_type not in (2, 3):  # not RADL or RASL
             self._prev_tid0_poc = pic.poc
