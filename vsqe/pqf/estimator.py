@@ -62,54 +62,62 @@ def _patches(y: np.ndarray, block: int) -> np.ndarray:
     return p.reshape(nh, block, nw, block).transpose(0, 2, 1, 3).reshape(-1, block, block)
 
 
-def _moments(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """M = T p T^T for a stack of patches (N, B, B) as one matrix product: with row-major
-    vectorisation, vec(T p T^T) = (T kron T) vec(p), so all N patches go through one GEMM."""
-    b = t.shape[0]
-    return (p.reshape(-1, b * b) @ np.kron(t, t).T).reshape(p.shape)
-
-
 def _gaussian3(sigma: float) -> np.ndarray:
     g = np.exp(-(np.arange(-1, 2) ** 2) / (2 * sigma * sigma))
     k = np.outer(g, g)
     return k / k.sum()
 
 
+def _blur_operator(block: int, sigma: float = 5.0) -> np.ndarray:
+    """The 3x3 Gaussian blur of a block x block patch (edge samples replicated) as a matrix
+    acting on the row-major vectorised patch."""
+    k = _gaussian3(sigma)
+    g = np.zeros((block * block, block * block))
+    for i in range(block):
+        for j in range(block):
+            for dy in range(3):
+                for dx in range(3):
+                    si = min(max(i + dy - 1, 0), block - 1)
+                    sj = min(max(j + dx - 1, 0), block - 1)
+                    g[i * block + j, si * block + sj] += k[dy, dx]
+    return g
+
+
 def tchebichef_iqa(y: np.ndarray, block: int = 4) -> float:
-    """RBQE-style quality in [0, 1] of one luma plane with values in [0, 1]."""
-    p = _patches(np.asarray(y, dtype=np.float64), block)
+    """RBQE-style quality in [0, 1] of one luma plane with values in [0, 1].
+
+    Patches are handled as rows of an (N, B*B) matrix; the moment transform and the blur are
+    (B*B x B*B) matrices, so a frame costs two GEMMs and a few elementwise passes."""
+    p = _patches(np.asarray(y, dtype=np.float64), block).reshape(-1, block * block)
     if len(p) == 0:
         return 1.0
     t = tchebichef_matrix(block)
-    norm = np.sqrt(np.sum(p * p, axis=(1, 2), keepdims=True))
+    moment_op = np.kron(t, t)  # vec(T p T^T) = (T kron T) vec(p)
+    norm = np.sqrt(np.einsum("ij,ij->i", p, p))[:, None]
     p = np.divide(p, norm, out=np.zeros_like(p), where=norm > 0)
-    p = p - p.mean(axis=(1, 2), keepdims=True)
-    m = _moments(t, p)
-    energy = np.sum(m * m, axis=(1, 2)) - m[:, 0, 0] ** 2
+    p -= p.mean(axis=1, keepdims=True)
+    m = p @ moment_op.T
+    energy = np.einsum("ij,ij->i", m, m) - m[:, 0] ** 2
     textured = energy > TEXTURE_THRESHOLD
 
-    # Textured patches: similarity of moments to those of the blurred patch.
+    # Textured patches: similarity of the moments to those of the blurred patch.
     if textured.any():
-        pt = p[textured]
-        padded = np.pad(pt, ((0, 0), (1, 1), (1, 1)), mode="edge")
-        k = _gaussian3(5.0)
-        blurred = sum(
-            k[dy, dx] * padded[:, dy : dy + block, dx : dx + block] for dy in range(3) for dx in range(3)
-        )
-        mb = _moments(t, blurred)
         mt = m[textured]
+        mb = p[textured] @ (moment_op @ _blur_operator(block)).T
         sim = (2 * mt * mb + SIMILARITY_C) / (mt * mt + mb * mb + SIMILARITY_C)
-        texture_score = float(np.mean(1.0 - sim.mean(axis=(1, 2))))
+        texture_score = float(np.mean(1.0 - sim.mean(axis=1)))
     else:
         texture_score = 1.0
 
-    # Smooth patches: share of the highest-order row/column of moments.
+    # Smooth patches: share of the highest-order row / column of moments.
     smooth = ~textured
     if smooth.any():
         ms = np.abs(m[smooth])
-        denom = ms.sum(axis=(1, 2)) - ms[:, 0, 0] + SIMILARITY_C
-        qv = np.minimum(ms[:, block - 1, :].sum(axis=1) / denom, BLOCK_T)
-        qh = np.minimum(ms[:, :, block - 1].sum(axis=1) / denom, BLOCK_T)
+        denom = ms.sum(axis=1) - ms[:, 0] + SIMILARITY_C
+        last_row = ms[:, (block - 1) * block :].sum(axis=1)
+        last_col = ms[:, block - 1 :: block].sum(axis=1)
+        qv = np.minimum(last_row / denom, BLOCK_T)
+        qh = np.minimum(last_col / denom, BLOCK_T)
         blocking = np.log(1.0 - (qv + qh) / 2) / np.log(1.0 - BLOCK_T)
         smooth_score = float(np.mean(1.0 - blocking))
     else:
