@@ -43,7 +43,7 @@ def join_nals(nals: list[bytes]) -> bytes:
 
 
 def encode(codec: str, path, frames: int = 24, size: tuple[int, int] = (96, 64), options: dict | None = None,
-           pix_fmt: str = "yuv420p") -> None:
+           pix_fmt: str = "yuv420p", container: str | None = None) -> None:
     """A small raw stream from moving noise through PyAV's encoders (libx264 / libx265)."""
     import av
     import numpy as np
@@ -52,7 +52,7 @@ def encode(codec: str, path, frames: int = 24, size: tuple[int, int] = (96, 64),
     w, h = size
     base = rng.integers(0, 256, (h + 64, w + 64), dtype=np.uint8)
     fmt = {"libx264": "h264", "libx265": "hevc"}[codec]
-    with av.open(str(path), "w", format=fmt) as out:
+    with av.open(str(path), "w", format=container or fmt) as out:
         s = out.add_stream(codec, rate=25, options=options or {})
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
         for i in range(frames):

@@ -57,3 +57,25 @@ def test_hevc_b_pyramid_open_gop_and_rasl_after_a_cut(tmp_path) -> None:
     assert len(shown) == len(decoded_types(cut))
     by_poc = {p.poc: p.qp for p in full}
     assert [p.qp for p in shown] == [by_poc[p.poc] for p in shown]
+
+
+def test_container_input_is_demuxed_to_annex_b(tmp_path) -> None:
+    path = tmp_path / "clip.mp4"
+    encode("libx265", path, frames=12, container="mp4",
+           options={"x265-params": "bframes=2:scenecut=0:log-level=error"})
+    pics = display_pictures(read_pictures(path))
+    assert len(pics) == 12 and [p.poc for p in pics] == list(range(12))
+    assert [p.slice_type for p in pics] == decoded_types(path)
+    assert all(p.qp is not None for p in pics)
+
+
+def test_codec_is_sniffed_without_a_known_suffix(tmp_path) -> None:
+    from pqf_data import data_file
+
+    from vsqe.pqf.stream import detect_codec
+
+    for name, codec in (("city_416x240_hm_ldp_qp37.hevc", "hevc"), ("city_416x240_x264_qp37.264", "h264"),
+                        ("city_416x240_vvenc_ldp_qp37.266", "vvc")):
+        copy = tmp_path / f"{codec}.bit"
+        copy.write_bytes(data_file(name).read_bytes())
+        assert detect_codec(copy) == codec

@@ -19,7 +19,7 @@ from vsqe.pqf.picture import PictureInfo, assign_display_order
 
 CODEC_BY_SUFFIX = {
     ".264": "h264", ".h264": "h264", ".avc": "h264", ".jsv": "h264",
-    ".265": "hevc", ".h265": "hevc", ".hevc": "hevc", ".bit": "hevc",
+    ".265": "hevc", ".h265": "hevc", ".hevc": "hevc",
     ".266": "vvc", ".h266": "vvc", ".vvc": "vvc",
 }
 
@@ -73,15 +73,56 @@ def sniff_codec(head: bytes) -> str | None:
 
 
 def detect_codec(path: str | os.PathLike) -> str:
+    """The codec of a raw stream (by suffix, else by its first NAL units), or "container:<codec>"
+    for an H.264/HEVC/VVC track in a container PyAV can demux (mp4, mkv, ts, ...)."""
     p = Path(path)
     codec = CODEC_BY_SUFFIX.get(p.suffix.lower())
     if codec:
         return codec
     with open(p, "rb") as f:
         codec = sniff_codec(f.read(1 << 16))
-    if codec is None:
-        raise FormatError(f"{p}: not a raw H.264/HEVC/VVC Annex-B stream (no parameter sets found)")
-    return codec
+    if codec is not None:
+        return codec
+    inner = _container_codec(p)
+    if inner is None:
+        raise FormatError(f"{p}: not a raw H.264/HEVC/VVC Annex-B stream (no parameter sets found)"
+                          " nor a container with such a video track")
+    return "container:" + inner
+
+
+_BSF = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb", "vvc": "vvc_mp4toannexb"}
+
+
+def _container_codec(path: Path) -> str | None:
+    try:
+        import av
+
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return None
+            name = c.streams.video[0].codec_context.name
+    except Exception:  # noqa: BLE001 - anything PyAV cannot open is simply not a container
+        return None
+    return name if name in _BSF else None
+
+
+def _container_nal_units(path: Path, codec: str) -> Iterator[NalUnit]:
+    """NAL units of the first video track of a container, converted to Annex B packet by
+    packet (parameter sets from the sample description are inserted by the bitstream filter)."""
+    import io
+
+    import av
+    from av.bitstream import BitStreamFilterContext
+
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            bsf = BitStreamFilterContext(_BSF[codec], stream)
+            for packet in c.demux(stream):
+                for out in bsf.filter(packet if packet.size else None):
+                    yield from iter_nal_units(io.BytesIO(bytes(out)))
+    except av.FFmpegError as exc:
+        raise InputError(f"{path}: cannot demux ({exc})") from None
 
 
 def _open_input(path: str | os.PathLike) -> BinaryIO:
@@ -102,7 +143,16 @@ def _open_input(path: str | os.PathLike) -> BinaryIO:
 
 def iter_pictures(path: str | os.PathLike, codec: str | None = None) -> Iterator[PictureInfo]:
     """Pictures in decode order (display_index not yet set)."""
+    with _open_input(path):
+        pass  # the one-line errors for missing, unreadable and empty files
     codec = codec or detect_codec(path)
+    if codec.startswith("container:"):
+        codec = codec.split(":", 1)[1]
+        parser = make_parser(codec)
+        for nal in _container_nal_units(Path(path), codec):
+            yield from parser.push(nal)
+        yield from parser.flush()
+        return
     parser = make_parser(codec)
     with _open_input(path) as f:
         for nal in iter_nal_units(f):
