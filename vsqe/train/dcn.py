@@ -49,10 +49,10 @@ def deform_conv2d_gs(
     grid = torch.stack([gx, gy], dim=-1).reshape(n * groups, k * ho, wo, 2)
     src = x.to(dtype).reshape(n * groups, cpg, h, w)
     sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    sampled = sampled.reshape(n, groups, cpg, k, ho, wo)
-    m = mask.to(dtype).reshape(n, groups, 1, k, ho, wo)
-    cols = (sampled * m).reshape(n, cin * k, ho, wo)  # channel order (g, c, ky, kx) = weight's (c, ky, kx)
-    out = F.conv2d(cols, weight.reshape(cout, cin * k, 1, 1).to(cols.dtype), None)
+    sampled = sampled.reshape(n, groups, cpg, k, ho * wo)
+    m = mask.to(dtype).reshape(n, groups, 1, k, ho * wo)
+    cols = (sampled * m).reshape(n, cin * k, ho * wo)  # channel order (g, c, ky, kx) = weight's (c, ky, kx)
+    out = torch.matmul(weight.reshape(cout, cin * k).to(cols.dtype), cols).reshape(n, cout, ho, wo)
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, -1, 1, 1)
     return out

@@ -52,7 +52,7 @@ class TrainConfig:
     val_full_every: int = 3000
     val_step: int = 3
     val_clips: tuple = ("city_416x240", "phone_832x480", "birds_640x360")
-    init_residual_std: float = 0.004
+    init_residual_std: float = 0.002
 
 
 # ------------------------------------------------------------------------------ checkpoints

