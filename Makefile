@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	[ -x $(PY) ] || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,vs]'
+	@# vspipe finds this venv's Python through VapourSynth's per-user config (keyed by library path).
+	$(VENV)/bin/vapoursynth config >/dev/null
 	touch $(STAMP)
 
 demo: setup

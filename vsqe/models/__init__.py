@@ -13,8 +13,14 @@ def build_model(name: str, weights: str | None = None, *, require_weights: bool 
     from vsqe.errors import ModelError
     from vsqe.models.checkpoint import load_weights
 
+    import torch
+
     spec = get_model_spec(name)
-    model = spec.build()
+    # A fixed seed makes the untrained network (tests, --allow-untrained) the same in every
+    # process and front end, so their outputs can be compared bit for bit.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build()
     path = weights if weights is not None else spec.default_weights_path()
     if path is None:
         if require_weights:
