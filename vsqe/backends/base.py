@@ -16,7 +16,9 @@ class Backend(Protocol):
         ...
 
 
-_NAMES = ("auto", "torch", "torch-fp32", "torch-bf16")
+# "auto" picks the fastest backend measured on this kind of machine (docs/benchmarks.md) among
+# those that can run the model here.
+_NAMES = ("auto", "torch", "torch-fp32", "torch-bf16", "openvino", "openvino-fp32", "openvino-bf16")
 
 
 def backend_names() -> tuple[str, ...]:
@@ -28,8 +30,13 @@ def create_backend(name: str, model: torch.nn.Module, threads: int | None = None
 
     if name not in _NAMES:
         raise BackendError(f"unknown backend {name!r} (known: {', '.join(_NAMES)})")
-    if name == "torch-bf16" and not bf16_supported():
-        raise BackendError("backend 'torch-bf16' needs a CPU with AVX512-BF16 or AMX; this one has neither")
+    if name.endswith("-bf16") and not bf16_supported():
+        raise BackendError(f"backend {name!r} needs a CPU with AVX512-BF16 or AMX; this one has neither")
+    if name.startswith("openvino"):
+        from vsqe.backends.openvino_backend import OpenVinoBackend
+
+        precision = "fp32" if name == "openvino-fp32" else "bf16" if bf16_supported() else "fp32"
+        return OpenVinoBackend(model, precision=precision, threads=threads)
     # fp32 is the default until the fast bf16 path is measured to stay within 0.02 dB (issue 4).
     precision = "bf16" if name == "torch-bf16" else "fp32"
     return TorchBackend(model, precision=precision, threads=threads)

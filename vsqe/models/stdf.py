@@ -63,7 +63,8 @@ class STDFFusion(nn.Module):
         self.offset_mask = _conv(nf, in_nc * 3 * self.kernel_points)
         self.deform_conv = DeformConv2d(in_nc, out_nc, deform_ks, padding=deform_ks // 2)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def offsets_and_masks(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense part: per-frame sampling offsets and (sigmoid) modulation masks."""
         skips = [self.in_conv(frames)]
         for i in range(1, self.nb):
             skips.append(getattr(self, f"dn_conv{i}")(skips[-1]))
@@ -72,9 +73,10 @@ class STDFFusion(nn.Module):
             out = getattr(self, f"up_conv{i}")(torch.cat([out, skips[i]], dim=1))
         off_msk = self.offset_mask(self.out_conv(out))
         n_off = self.in_nc * 2 * self.kernel_points
-        offset = off_msk[:, :n_off]
-        mask = torch.sigmoid(off_msk[:, n_off:])
-        return torch.relu(self.deform_conv(frames, offset, mask))
+        return off_msk[:, :n_off], torch.sigmoid(off_msk[:, n_off:])
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.deform_conv(frames, *self.offsets_and_masks(frames)))
 
 
 class PlainQE(nn.Module):
@@ -110,6 +112,18 @@ class STDF(nn.Module):
         stacked = x.reshape(n, t * c, h, w)
         centre = x[:, self.radius]
         return self.qenet(self.ffnet(stacked)) + centre
+
+    # The same forward cut at the deformable conv, for runtimes that cannot run our DCN op
+    # (OpenVINO runs the dense parts, our kernel the DCN): see backends/openvino_backend.py.
+    def dense_head(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ffnet.offsets_and_masks(stacked)
+
+    @property
+    def dcn_layer(self) -> "DeformConv2d":
+        return self.ffnet.deform_conv
+
+    def dense_tail(self, aligned: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        return self.qenet(torch.relu(aligned)) + centre
 
 
 _POWERVQE_QE_HIDDEN = re.compile(r"^qenet\.hid_conv\.(\d+)\.")
