@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import signal
 import sys
@@ -162,8 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("interrupted")
         return 130
     except BrokenPipeError:
-        # The reader of our stdout went away (`vsqe eval ... | head`): not an error of ours.
-        sys.stderr.flush()
+        # The reader of our stdout went away (`vsqe eval ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if debug:

@@ -272,6 +272,8 @@ class VideoWriter:
                 self._sink.write(frame)
             else:
                 self._encode(frame)
+        except BrokenPipeError:
+            raise  # stdout's reader went away: not a write failure of ours (the CLI exits quietly)
         except (OSError, *_av_errors()) as exc:
             raise _write_error(self.plan.path, exc) from None
         self.frames_written += 1
@@ -397,7 +399,10 @@ class _StreamCopier:
             if muxer in ("mp4", "mov") and codec not in _MP4_COPYABLE:
                 log.warning("input stream #%d (%s %s) cannot go into .%s; not copied", stream.index, stream.type, codec, muxer)
                 continue
-            self._map[stream.index] = output.add_stream_from_template(stream)
+            try:
+                self._map[stream.index] = output.add_stream_from_template(stream)
+            except (ValueError, av.error.FFmpegError) as exc:
+                log.warning("input stream #%d (%s %s) cannot be copied: %s", stream.index, stream.type, codec, exc)
         self._packets: Iterator["av.Packet"] | None = (
             iter(self._input.demux([self._input.streams[i] for i in self._map])) if self._map else None
         )
