@@ -238,6 +238,8 @@ class _AVReader(VideoReader):
 
         super().__init__(str(path))
         self._raw = raw_format is not None
+        self._truncated_tag: int | None = None  # decode-order tag of a last picture found cut short
+        self._first_color = ColorInfo()
         try:
             self._container = av.open(str(path), format=raw_format)
         except av.error.FFmpegError as exc:
@@ -263,10 +265,10 @@ class _AVReader(VideoReader):
         ctx = stream.codec_context
         if ctx is None or not ctx.is_decoder:
             raise InputError(f"{path}: no decoder for its video codec")
-        rate = stream.average_rate or stream.guessed_rate or DEFAULT_FRAME_RATE
-        rate = Fraction(rate.numerator, rate.denominator) if rate else DEFAULT_FRAME_RATE
-        if not stream.average_rate and not stream.guessed_rate:
+        known_rate = stream.average_rate or stream.guessed_rate
+        if not known_rate:
             log.warning("%s: frame rate unknown; assuming %s fps", path, DEFAULT_FRAME_RATE)
+        rate = Fraction(known_rate) if known_rate else DEFAULT_FRAME_RATE
         self._rate = rate
         count, exact = None, False
         if stream.frames:
@@ -279,16 +281,15 @@ class _AVReader(VideoReader):
                 duration = Fraction(container.duration, 1_000_000)
             if duration:
                 count = round(duration * rate)
-        pix_fmt = ctx.pix_fmt
-        if pix_fmt is not None:
-            pixel_format_from_av(pix_fmt)  # unsupported formats fail here, before decoding
+        # An unsupported format fails here, before decoding; the first frame confirms it (_start).
+        fmt = pixel_format_from_av(ctx.pix_fmt) if ctx.pix_fmt else PixelFormat("420", 8)
         self.info = VideoInfo(
             path=str(path),
             container=demuxer,
             codec=ctx.name,
             width=ctx.width,
             height=ctx.height,
-            fmt=pixel_format_from_av(pix_fmt) if pix_fmt else PixelFormat("420", 8),
+            fmt=fmt,
             frame_rate=rate,
             time_base=1 / rate if self._raw else Fraction(stream.time_base),
             frame_count=count,
@@ -395,8 +396,6 @@ class _AVReader(VideoReader):
             return self._shadow.decode(packet)  # type: ignore[union-attr]
         except av.error.FFmpegError:
             return []  # the main decoder reports errors
-
-    _truncated_tag: int | None = None
 
     def _convert(self, frame: "av.VideoFrame") -> VideoFrame:
         from av.video.frame import PictureType
