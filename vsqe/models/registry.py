@@ -16,6 +16,7 @@ from vsqe.errors import ModelError
 
 ColorKind = Literal["y", "rgb"]
 BorderRule = Literal["replicate", "reflection_circle"]
+TemporalKind = Literal["window", "recurrent"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -28,6 +29,11 @@ class ModelSpec:
     (T = 2 * radius + 1 frames, C = 1 for "y" models, 3 for "rgb"), H and W already padded to
     `size_multiple` (and at least `min_size`) by the pipeline; output [N, C, H, W], the enhanced
     centre frame, unclipped.
+
+    Recurrent models (temporal="recurrent", e.g. BasicVSR++) map a whole segment instead:
+    [N, T, C, H, W] -> [N, T, C, scale*H, scale*W], any T >= 1; the pipeline cuts a clip into
+    segments of `segment_length` output frames read with `segment_overlap` extra frames on each
+    side (pipeline/segments.py). `radius` is unused for them.
     """
 
     name: str
@@ -38,6 +44,10 @@ class ModelSpec:
     border: BorderRule = "replicate"
     size_multiple: int = 1
     min_size: int = 1
+    temporal: TemporalKind = "window"
+    segment_length: int = 0  # recurrent models: output frames per segment (L)
+    segment_overlap: int = 0  # recurrent models: context frames read on each side (O)
+    scale: int = 1  # output size / input size (4 for super-resolution models)
     # File name under vsqe/weights/ of the shipped default (None: no trained default yet).
     default_weights: str | None = None
     # Maps an official checkpoint's state dict (wrapper already removed) to this module's keys.
@@ -68,7 +78,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_builtin_models() -> None:
     # Importing a model module registers it; done lazily so `import vsqe` stays cheap.
-    from vsqe.models import stdf  # noqa: F401
+    from vsqe.models import basicvsrpp, stdf  # noqa: F401
 
 
 def get_model_spec(name: str) -> ModelSpec:
