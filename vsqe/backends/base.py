@@ -18,7 +18,7 @@ class Backend(Protocol):
 
 # "auto" picks the fastest backend measured on this kind of machine (docs/benchmarks.md) among
 # those that can run the model here.
-_NAMES = ("auto", "torch", "torch-fp32", "torch-bf16", "openvino", "openvino-fp32", "openvino-bf16")
+_NAMES = ("auto", "torch", "torch-fp32", "torch-bf16", "openvino", "openvino-fp32", "openvino-bf16", "trt", "trt-fp16")
 
 
 def backend_names() -> tuple[str, ...]:
@@ -32,6 +32,10 @@ def create_backend(name: str, model: torch.nn.Module, threads: int | None = None
         raise BackendError(f"unknown backend {name!r} (known: {', '.join(_NAMES)})")
     if name.endswith("-bf16") and not bf16_supported():
         raise BackendError(f"backend {name!r} needs a CPU with AVX512-BF16 or AMX; this one has neither")
+    if name.startswith("trt"):  # TensorRT on an NVIDIA GPU (backends/tensorrt.py, docs/tensorrt.md)
+        from vsqe.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model, precision="fp16" if name == "trt-fp16" else "fp32")
     if name.startswith("openvino"):
         from vsqe.backends.openvino_backend import OpenVinoBackend
 

@@ -157,7 +157,7 @@ def _register_torchscript_symbolic() -> None:
 
 def export_module(
     module: "torch.nn.Module",
-    spec: "ModelSpec",
+    spec: "ModelSpec | None",
     shape: ExportShape,
     *,
     dynamic: bool = True,
@@ -168,7 +168,9 @@ def export_module(
     """Exports `module` (built from `spec`, eval mode) to an in-memory ONNX model.
 
     `shape` is the example input; with `dynamic`, H and W are free (multiples of
-    spec.size_multiple, at least spec.min_size, at most `max_size` (H, W) when given)."""
+    spec.size_multiple, at least spec.min_size, at most `max_size` (H, W) when given). `spec`
+    may be None for a static export (the TensorRT backend exports the module it is given at each
+    input shape it meets)."""
     import onnx
     import torch
 
@@ -178,9 +180,12 @@ def export_module(
         raise ExportError(f"dcn must be 'onnx' or 'plugin', got {dcn!r}")
     if exporter not in ("dynamo", "torchscript"):
         raise ExportError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
+    if spec is None and dynamic:
+        raise ExportError("a dynamic export needs the model's spec (size rules)")
+    label = spec.name if spec is not None else type(module).__name__
     module = module.eval()
     x = torch.rand(shape.as_tuple(), generator=torch.Generator().manual_seed(0))
-    out_axes = (3, 4) if spec.temporal == "recurrent" else (2, 3)
+    out_axes = (3, 4) if spec is not None and spec.temporal == "recurrent" else (2, 3)
     # The exporters print progress on stdout; stdout may be a y4m pipe.
     with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
         if exporter == "dynamo":
@@ -195,7 +200,7 @@ def export_module(
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
                 )
             except Exception as exc:  # torch raises many types here; one line is enough
-                raise ExportError(f"dynamo ONNX export of {spec.name!r} failed: {_first_line(exc)}") from exc
+                raise ExportError(f"dynamo ONNX export of {label!r} failed: {_first_line(exc)}") from exc
             proto = program.model_proto
         else:
             import io
@@ -215,14 +220,14 @@ def export_module(
                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
                     )
                 except Exception as exc:
-                    raise ExportError(f"TorchScript ONNX export of {spec.name!r} failed: {_first_line(exc)}") from exc
+                    raise ExportError(f"TorchScript ONNX export of {label!r} failed: {_first_line(exc)}") from exc
             proto = onnx.load_from_string(buf.getvalue())
     proto = _finish(proto)
     if dynamic and not has_dynamic_hw(proto):
         # torch.export specialises sizes that the model turns into Python numbers (BasicVSR++'s
         # SpyNet rescales flows by float(W) / float(W_up)): such models export per shape.
         raise ExportError(
-            f"model {spec.name!r} cannot be exported with dynamic H/W (the exporter fixed them to "
+            f"model {label!r} cannot be exported with dynamic H/W (the exporter fixed them to "
             f"{shape.height}x{shape.width}); export it with static shapes"
         )
     if dcn == "plugin":
