@@ -78,7 +78,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_builtin_models() -> None:
     # Importing a model module registers it; done lazily so `import vsqe` stays cheap.
-    from vsqe.models import basicvsrpp, stdf  # noqa: F401
+    from vsqe.models import basicvsrpp, mfqev2, stdf  # noqa: F401
 
 
 def get_model_spec(name: str) -> ModelSpec:

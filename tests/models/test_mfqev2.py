@@ -1,0 +1,172 @@
+"""PowerVQE MFQEv2: official parameter count, key names and shapes (../shared/research/models.md
+§3.2), loading synthetic PQF / non-PQF checkpoints with the official names, and the forward's
+conventions (alignment direction, dense wiring, residual). Forward passes run on small frames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vsqe.errors import CheckpointError
+from vsqe.models import build_model, get_model_spec
+from vsqe.models.mfqev2 import MFQEv2
+from vsqe.models.spynet import flow_warp
+
+# Key -> shape, from models.md §3.2, without the `generator.` prefix.
+OFFICIAL_SHAPES = {
+    "spynet.basic_module.0.basic_module.0.conv.weight": (32, 8, 7, 7),
+    "spynet.basic_module.5.basic_module.4.conv.weight": (2, 16, 7, 7),
+    "spynet.basic_module.5.basic_module.4.conv.bias": (2,),
+    "spynet.mean": (1, 3, 1, 1),
+    "spynet.std": (1, 3, 1, 1),
+    **{f"ks{k}_conv_list.{i}.weight": (32, 3, k, k) for k in (3, 5, 7) for i in range(3)},
+    **{f"ks{k}_conv_list.{i}.bias": (32,) for k in (3, 5, 7) for i in range(3)},
+    **{f"rec_conv.{j}.0.weight": (32, cin, 3, 3) for j, cin in enumerate((288, 32, 64, 96, 128))},
+    **{f"rec_conv.{j}.0.bias": (32,) for j in range(5)},
+    **{f"rec_conv.{j}.1.weight": (1,) for j in range(5)},
+    **{f"rec_conv.{j}.2.{b}": (32,) for j in range(5) for b in ("weight", "bias", "running_mean", "running_var")},
+    **{f"rec_conv.{j}.2.num_batches_tracked": () for j in range(5)},
+    "rec_conv.5.weight": (3, 32, 3, 3),
+    "rec_conv.5.bias": (3,),
+}
+
+
+@pytest.fixture
+def single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _meta() -> torch.nn.Module:
+    with torch.device("meta"):
+        return get_model_spec("mfqev2").build()
+
+
+def _random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.tensor(1000 + seed, dtype=torch.long)
+        elif k.endswith("running_var"):
+            out[k] = torch.rand(v.shape, generator=gen) + 0.5
+        else:
+            out[k] = torch.randn(v.shape, generator=gen) * 0.05
+    return out
+
+
+def _official(state: dict[str, torch.Tensor], iteration: int) -> dict:
+    return {
+        "meta": {"iter": iteration, "mmedit_version": "0.14.0"},
+        "state_dict": {"generator." + k: v for k, v in state.items()} | {"step_counter": torch.tensor([float(iteration)])},
+        "optimizer": {"generator": {"state": {}, "param_groups": []}},
+    }
+
+
+def test_parameter_count_key_names_and_shapes():
+    model = _meta()
+    assert sum(p.numel() for p in model.parameters()) == 1_640_948
+    assert sum(p.numel() for p in model.spynet.parameters()) == 1_440_300
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    non_spynet = {k: s for k, s in shapes.items() if not k.startswith("spynet.")}
+    assert non_spynet == {k: s for k, s in OFFICIAL_SHAPES.items() if not k.startswith("spynet.")}
+    for key, shape in OFFICIAL_SHAPES.items():
+        assert shapes[key] == shape, key
+    spec = get_model_spec("mfqev2")
+    assert (spec.color, spec.window, spec.size_multiple, spec.temporal, spec.default_weights) == (
+        "rgb", 3, 1, "window", None)
+
+
+def test_pqf_and_non_pqf_checkpoints_load_key_for_key(tmp_path: Path, single_thread):
+    template = _meta()
+    for seed, name in ((1, "non_pqf_iter_600000.pth"), (2, "pqf_iter_600000.pth")):
+        state = _random_state(template, seed)
+        path = tmp_path / name
+        torch.save(_official(state, 600000), path)
+        model, spec, used = build_model("mfqev2", str(path))
+        assert used == str(path) and spec.name == "mfqev2" and not model.training
+        loaded = model.state_dict()
+        assert loaded.keys() == state.keys()
+        for key, value in state.items():
+            assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
+
+
+def test_checkpoint_without_spynet_buffers_and_foreign_checkpoints(tmp_path: Path, single_thread):
+    state = _random_state(_meta(), 3)
+    del state["spynet.mean"], state["spynet.std"]
+    path = tmp_path / "latest.pth"
+    torch.save({"state_dict": {"generator." + k: v for k, v in state.items()}}, path)
+    model, _, _ = build_model("mfqev2", str(path))
+    assert torch.allclose(model.state_dict()["spynet.mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    bad = dict(state)
+    bad["rec_conv.0.0.weight"] = torch.zeros(32, 96, 3, 3)  # e.g. a Y (1-channel) variant's shapes
+    torch.save({"state_dict": {"generator." + k: v for k, v in bad.items()}}, path)
+    with pytest.raises(CheckpointError, match=r"rec_conv\.0\.0\.weight.*\[32, 96, 3, 3\]"):
+        build_model("mfqev2", str(path))
+    del bad["ks7_conv_list.2.weight"]
+    torch.save({"state_dict": {"generator." + k: v for k, v in bad.items()}}, path)
+    with pytest.raises(CheckpointError, match=r"missing key 'ks7_conv_list\.2\.weight'"):
+        build_model("mfqev2", str(path))
+
+
+class _ConstFlow(torch.nn.Module):
+    """Stands in for SpyNet: records its calls and returns a constant flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
+        self.calls.append((ref, supp))
+        flow = torch.zeros(ref.shape[0], 2, *ref.shape[-2:])
+        flow[:, 0], flow[:, 1] = 1.5, -0.5
+        return flow
+
+
+def _reference_forward(model: MFQEv2, x: torch.Tensor) -> torch.Tensor:
+    """PowerVQE's forward, written out layer by layer."""
+    c = x[:, 1]
+    left = flow_warp(x[:, 0], model.spynet(c, x[:, 0]))
+    right = flow_warp(x[:, 2], model.spynet(c, x[:, 2]))
+    feats = []
+    for ks in (3, 5, 7):
+        convs = getattr(model, f"ks{ks}_conv_list")
+        feats += [convs[0](left), convs[1](c), convs[2](right)]
+    r = model.rec_conv
+    o0 = r[0](torch.cat(feats, 1))
+    o1 = r[1](o0)
+    o2 = r[2](torch.cat([o0, o1], 1))
+    o3 = r[3](torch.cat([o0, o1, o2], 1))
+    o4 = r[4](torch.cat([o0, o1, o2, o3], 1))
+    return r[5](o4) + c
+
+
+def test_forward_aligns_pqfs_to_the_centre_and_adds_the_residual(single_thread):
+    torch.manual_seed(0)
+    model = MFQEv2().eval()
+    model.load_state_dict(_random_state(model, 4))
+    flow = _ConstFlow()
+    model.spynet = flow
+    x = torch.rand(2, 3, 3, 20, 28)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2, 3, 20, 28)
+        # Flow from the centre (ref) to each PQF (supp), left first.
+        assert len(flow.calls) == 2
+        assert torch.equal(flow.calls[0][0], x[:, 1]) and torch.equal(flow.calls[0][1], x[:, 0])
+        assert torch.equal(flow.calls[1][1], x[:, 2])
+        assert torch.allclose(y, _reference_forward(model, x), atol=1e-5)
+        model.rec_conv[5].weight.zero_()
+        model.rec_conv[5].bias.zero_()
+        assert torch.equal(model(x), x[:, 1])
+    with pytest.raises(ValueError, match=r"\[N, 3, C, H, W\]"):
+        model(torch.rand(1, 5, 3, 8, 8))
+
+
+def test_real_spynet_runs_at_odd_sizes(single_thread):
+    model = MFQEv2().eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 3, 36, 50)).shape == (1, 3, 36, 50)
