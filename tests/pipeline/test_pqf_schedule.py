@@ -32,10 +32,10 @@ def test_powervqe_ldp_rules():
     pairs = {n: triplet_for(n, flags, 4) for n in range(11)}
     assert pairs[0] == (0, 4)  # first PQF: (PQF0, PQF0, PQF1)
     assert pairs[4] == (0, 8)  # PQF k: (PQF k-1, PQF k, PQF k+1)
-    assert pairs[8] == (4, 10)  # last PQF: no PQF ahead -> the clip's last frame (PowerVQE: itself)
+    assert pairs[8] == (4, 8)  # last PQF: (PQF_{m-1}, PQF_m, PQF_m)
     assert [pairs[n] for n in (1, 2, 3)] == [(0, 4)] * 3
     assert [pairs[n] for n in (5, 6, 7)] == [(4, 8)] * 3
-    assert pairs[9] == (8, 10) and pairs[10] == (8, 10)  # after the last PQF: the last frame
+    assert pairs[9] == (8, 9) and pairs[10] == (8, 10)  # after the last PQF: (PQF_m, frame, frame)
     assert _streamed(flags, 4) == _random_access(flags, 4)
 
 
@@ -51,6 +51,8 @@ def test_lookahead_cap_uses_the_farthest_frame_held():
     assert triplet_for(6, flags, 4) == (0, 10)  # the next PQF is within reach again
     assert triplet_for(5, flags, 4) == (0, 9)
     assert triplet_for(0, flags, 4) == (0, 4)  # a PQF with its next PQF out of reach
+    assert triplet_for(11, flags, 4) == (10, 11) and triplet_for(11, flags, 1) == (10, 11)
+    assert triplet_for(10, flags, 1) == (0, 11)  # the cap frame is the clip's last frame
     assert _streamed(flags, 4) == _random_access(flags, 4)
     assert triplet_for(0, [False], 3) == (0, 0) and _streamed([False], 3) == [(0, 0, 0, False)]
     assert list(schedule(iter(()), 4)) == []
@@ -85,6 +87,9 @@ def test_streaming_equals_random_access_on_hm_city_pqfs():
     assert out == _random_access(flags, lookahead)
     assert [o[0] for o in out] == list(range(len(flags)))
     assert out[5] == (5, 4, 8, False) and out[8] == (8, 4, 12, True) and out[0] == (0, 0, 4, True)
+    last_pqf = indices(flags)[-1]
+    assert out[last_pqf][1:] == (last_pqf - 4, last_pqf, True)
+    assert all(out[n][1:3] == (last_pqf, n) for n in range(last_pqf + 1, len(flags)))
 
 
 def test_default_lookahead():

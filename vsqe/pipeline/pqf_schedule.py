@@ -19,12 +19,12 @@ Rules (PowerVQE's ldp_dataset.py, models.md §3.2, made causal with a bounded lo
   For a PQF that is PowerVQE's rule (first PQF -> (PQF0, PQF0, PQF1)); for the leading non-PQFs
   of a stream starting without a PQF we take the frame itself rather than the next PQF, which
   keeps the rule causal and symmetric with the end rule.
-* No PQF found ahead: at the end of the clip right = n itself (PowerVQE: frames after the last
-  PQF -> (last PQF, frame, frame); last PQF -> (PQF_{m-1}, PQF_m, PQF_m)). When the clip goes
-  on but no PQF lies within the look-ahead (a long gap, a detector miss), right = the nearest
-  available frame to where the next PQF would be: frame n + max_lookahead, the farthest frame
-  the window holds (near the clip's end: its last frame; the last frame itself: n).
-  The MFQEv2 paper (and mfqev2.0) always reaches the next PQF; the cap bounds delay and memory.
+* No PQF ahead before the clip ends: right = n itself - PowerVQE's rule (frames after the last
+  PQF -> (last PQF, frame, frame); last PQF -> (PQF_{m-1}, PQF_m, PQF_m)).
+* The clip goes on but no PQF lies within the look-ahead (a long gap, a detector miss): right =
+  the available frame nearest to where the next PQF would be, frame n + max_lookahead (the
+  farthest frame the window holds). The MFQEv2 paper (and mfqev2.0) always reaches the next PQF;
+  the cap bounds delay and memory.
 
 References are always the compressed input frames (never enhanced ones), as in the paper and
 PowerVQE, so the schedule never waits on the model.
@@ -56,11 +56,11 @@ def _check_lookahead(max_lookahead: int) -> None:
 
 def _right_ref(n: int, pqf_flags: Sequence[bool], max_lookahead: int) -> int:
     length = len(pqf_flags)
-    last = min(length - 1, n + max_lookahead)
-    for j in range(n + 1, last + 1):
+    for j in range(n + 1, min(length, n + max_lookahead + 1)):
         if pqf_flags[j]:
             return j
-    return last  # no PQF in range: the farthest frame held (n itself at the clip's end)
+    # No PQF in reach: the cap frame n+L if the clip reaches it, else (clip end) n itself.
+    return n + max_lookahead if n + max_lookahead < length else n
 
 
 def triplet_for(n: int, pqf_flags: Sequence[bool], max_lookahead: int) -> tuple[int, int]:
@@ -112,6 +112,7 @@ def schedule(
             # The oldest frame saw max_lookahead frames after it and no PQF: use the farthest one.
             yield emit_front(frame)
     frame = None  # the loop variable would keep the newest frame alive
-    # End of input: no PQF follows any waiting frame; each takes the last frame (itself if last).
+    # End of input: no PQF follows any waiting frame, and none reached its cap: each is its own
+    # right reference (PowerVQE's end rule).
     while window:
-        yield emit_front(window[-1][1])
+        yield emit_front(window[0][1])
