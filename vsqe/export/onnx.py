@@ -63,6 +63,10 @@ class ExportError(RuntimeError):
     """The model could not be exported (see the message)."""
 
 
+class StaticShapesOnly(ExportError):
+    """The exporter specialised H and W: the model exports with static shapes only."""
+
+
 @dataclass(frozen=True)
 class ExportShape:
     """The example input of an export: [batch, frames, channels, height, width]."""
@@ -226,7 +230,7 @@ def export_module(
     if dynamic and not has_dynamic_hw(proto):
         # torch.export specialises sizes that the model turns into Python numbers (BasicVSR++'s
         # SpyNet rescales flows by float(W) / float(W_up)): such models export per shape.
-        raise ExportError(
+        raise StaticShapesOnly(
             f"model {label!r} cannot be exported with dynamic H/W (the exporter fixed them to "
             f"{shape.height}x{shape.width}); export it with static shapes"
         )
@@ -283,15 +287,21 @@ def export_model(
 ) -> tuple["onnx.ModelProto", "ModelSpec", ExportShape]:
     """Builds registered model `name` with its weights and exports it (see export_module).
 
-    `dynamic=None`: dynamic H/W for window models, static for recurrent ones (their export
-    specialises the sizes, see export_module)."""
+    `dynamic=None`: dynamic H/W where the model allows it, else static (recurrent models, and
+    models whose export specialises the sizes: those using SpyNet, see export_module)."""
     from vsqe.models import build_model
 
     module, spec, _ = build_model(name, weights, require_weights=not allow_untrained)
-    if dynamic is None:
-        dynamic = spec.temporal != "recurrent"
     shape = example_shape(spec, height, width, frames, batch)
-    proto = export_module(module, spec, shape, dynamic=dynamic, dcn=dcn, exporter=exporter, max_size=max_size)
+    if dynamic is None and spec.temporal != "recurrent":
+        try:
+            proto = export_module(module, spec, shape, dynamic=True, dcn=dcn, exporter=exporter, max_size=max_size)
+        except StaticShapesOnly:
+            sys.stderr.write(f"vsqe: {name} exports with static shapes only ({shape.width}x{shape.height})\n")
+            proto = export_module(module, spec, shape, dynamic=False, dcn=dcn, exporter=exporter)
+    else:
+        proto = export_module(module, spec, shape, dynamic=bool(dynamic), dcn=dcn, exporter=exporter,
+                              max_size=max_size)
     if fp16:
         proto = convert_fp16(proto)
     return proto, spec, shape
