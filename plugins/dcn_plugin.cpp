@@ -116,7 +116,9 @@ IPluginCapability* DcnPlugin::getCapabilityInterface(PluginCapabilityType type) 
 
 IPluginV3* DcnPlugin::clone() noexcept {
   try {
-    return new DcnPlugin(params_);
+    auto* copy = new DcnPlugin(params_);
+    copy->nb_inputs_ = nb_inputs_;
+    return copy;
   } catch (const std::exception& e) {
     log_error(std::string("clone: ") + e.what());
     return nullptr;

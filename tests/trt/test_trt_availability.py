@@ -95,3 +95,15 @@ def test_profiles_cover_registered_models():
             h1, w1 = parse_size(prof["max"])
             h, w = parse_size(prof["shape"])
             assert h0 <= h <= h1 and w0 <= w <= w1, name
+
+
+@needs_missing
+def test_vapoursynth_backend_trt_one_line():
+    vs = pytest.importorskip("vapoursynth")
+    import vsqe.vs
+
+    clip = vs.core.std.BlankClip(format=vs.YUV420P8, width=64, height=48, length=8)
+    with pytest.raises(vs.Error) as info:
+        vsqe.vs.enhance(clip, model="stdf", backend="trt", allow_untrained=True)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("vsqe: backend 'trt' needs "), message

@@ -356,10 +356,12 @@ def trt_logger(verbose: bool = False):
                 self.last_error = ""
 
             def log(self, severity, msg) -> None:  # noqa: ANN001
-                if severity <= trt.ILogger.Severity.ERROR:
+                # Severities are ordered INTERNAL_ERROR (0) < ERROR < WARNING < INFO < VERBOSE (4).
+                level = int(severity)
+                if level <= int(trt.ILogger.Severity.ERROR):
                     self.last_error = msg
                 limit = trt.ILogger.Severity.INFO if self.verbose else trt.ILogger.Severity.WARNING
-                if severity <= limit:
+                if level <= int(limit):
                     sys.stderr.write(f"vsqe: trt: {msg}\n")
                     sys.stderr.flush()
 
