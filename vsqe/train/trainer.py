@@ -394,6 +394,8 @@ class Trainer:
                            f"patch dPSNR {pout - pin:+.3f} ({pin:.2f}->{pout:.2f}) {ips:.2f} it/s")
                     if hl:
                         msg += f" | res_std {hl['res_std']:.2f} lv, live relu min {hl['live_min']:.2f} mean {hl['live_mean']:.2f}"
+                        if self.iteration % (cfg.stats_every * 10) == 0 or self.iteration <= 1:
+                            msg += f" per layer {hl['live']}"
                     self.log(msg)
                     acc = {"loss": 0.0, "gnorm": 0.0, "mse_in": 0.0, "mse_out": 0.0, "n": 0}
                     t_mark, it_mark = now, self.iteration
