@@ -84,11 +84,11 @@ def test_unsupported_pixel_format_names_it(tmp_path: Path) -> None:
     path = tmp_path / "rgb.mkv"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv444p"
-        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24").reformat(format="yuv444p")
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv410p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24").reformat(format="yuv410p")
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
-    with pytest.raises(FormatError, match=r"'yuv444p'.*supported: .*yuv420p10le"):
+    with pytest.raises(FormatError, match=r"'yuv410p'.*supported: .*yuv420p10le"):
         open_video(path)
 
 

@@ -271,16 +271,23 @@ class _AVReader(VideoReader):
         rate = Fraction(known_rate) if known_rate else DEFAULT_FRAME_RATE
         self._rate = rate
         count, exact = None, False
+        # Where the stream ends in time (seconds), when only the duration is known: frames lost at
+        # the end are counted from the time the decoded frames leave uncovered (_account_end).
+        self._end_time: Fraction | None = None
         if stream.frames:
             count, exact = int(stream.frames), True
         elif not self._raw:
-            duration = None
+            duration = start = None
             if stream.duration and stream.time_base:
                 duration = stream.duration * stream.time_base
+                start = stream.start_time * stream.time_base if stream.start_time is not None else None
             elif container.duration:
                 duration = Fraction(container.duration, 1_000_000)
+                start = Fraction(container.start_time, 1_000_000) if container.start_time is not None else None
             if duration:
                 count = round(duration * rate)
+                self._start_time = start or Fraction(0)
+                self._end_time = self._start_time + duration
         # An unsupported format fails here, before decoding; the first frame confirms it (_start).
         fmt = pixel_format_from_av(ctx.pix_fmt) if ctx.pix_fmt else PixelFormat("420", 8)
         self.info = VideoInfo(
@@ -455,11 +462,17 @@ class _AVReader(VideoReader):
         if not self._interlaced:  # field pictures come as two packets per frame
             missing = self._packets - decoded
         count = self.info.frame_count
-        if count is not None:
-            declared = count - decoded
-            # A count estimated from the duration may be off by one frame either way.
-            if self.info.frame_count_exact or declared > 1:
-                missing = max(missing, declared)
+        if count is not None and self.info.frame_count_exact:
+            missing = max(missing, count - decoded)
+        elif self._end_time is not None:
+            # Only the duration is known: compare times, not counts (duration x average rate
+            # miscounts variable frame rate). Off by one frame either way is tolerated.
+            covered = self._start_time
+            if self._last_pts is not None:
+                covered = self._last_pts * self.info.time_base + 1 / self._rate
+            uncovered = round((self._end_time - covered) * self._rate)
+            if uncovered > 1:
+                missing = max(missing, uncovered)
         if missing > 0:
             self.stats.lost += missing
             after = f"; frames from {decoded} on are missing" if decoded else ""

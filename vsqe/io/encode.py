@@ -213,6 +213,7 @@ class VideoWriter:
             raise _write_error(plan.path, exc) from None
         stream = self._container.add_stream(plan.encoder, rate=info.frame_rate)
         _check_encoder_format(plan.encoder, info.fmt)  # type: ignore[arg-type]
+        _check_encoder_size(plan.codec, info.fmt, info.width, info.height)
         stream.width = info.width
         stream.height = info.height
         stream.pix_fmt = info.fmt.av_name
@@ -228,6 +229,16 @@ class VideoWriter:
         if plan.muxer in ("mp4", "mov") and plan.codec == "x265":
             ctx.codec_tag = "hvc1"  # what Apple players require for HEVC in MP4
         stream.options = self._encoder_options()
+        try:
+            # Open the encoder now, not at the first frame: settings it refuses (a bad preset or
+            # --codec-opt) fail before any frame is decoded or enhanced.
+            ctx.open()
+        except av.error.FFmpegError as exc:
+            text = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()[0]
+            raise FormatError(
+                f"encoder {plan.encoder} refuses the settings {stream.options}: {text} "
+                "(check --preset, --crf, --qp and --codec-opt)"
+            ) from None
         self._stream = stream
         self._colour = colour
         if self.copy_streams_from and plan.muxer in ("matroska", "mp4", "mov"):
@@ -366,6 +377,20 @@ def _check_encoder_format(encoder: str, fmt: PixelFormat) -> None:
         raise FormatError(
             f"encoder {encoder} cannot write {fmt.av_name} (it takes {', '.join(supported[:12])}); "
             "try --codec ffv1 or a .y4m output"
+        )
+
+
+def _check_encoder_size(codec: str, fmt: PixelFormat, width: int, height: int) -> None:
+    """x264 and x265 need the luma size to be a multiple of the chroma subsampling (even width and
+    height for 4:2:0); checked here so the refusal comes before any work, in one line."""
+    if codec not in ("x264", "x265"):
+        return
+    sx, sy = fmt.chroma_shift()
+    if width % (1 << sx) or height % (1 << sy):
+        need = "even width and height" if sx and sy else "an even width"
+        raise FormatError(
+            f"{codec} cannot encode {width}x{height} {fmt.av_name}: it needs {need}; "
+            "write .y4m, .yuv or --codec ffv1 (.mkv) instead, or crop to an even size"
         )
 
 

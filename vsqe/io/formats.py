@@ -26,7 +26,8 @@ Chroma = Literal["400", "420", "422", "444"]
 
 # PyAV / FFmpeg pixel format name -> (chroma layout, bit depth). Only planar YUV / gray formats:
 # the models work on luma (or RGB converted from these), and passing chroma through untouched
-# needs planar access.
+# needs planar access. 4:2:2 and 4:4:4 as well, so that FFmpeg inputs take what y4m inputs take
+# (and `vsqe run`'s own 4:2:2/4:4:4 outputs can be read back by vsqe).
 _AV_FORMATS: dict[str, tuple[Chroma, int]] = {
     "gray": ("400", 8),
     "gray10le": ("400", 10),
@@ -37,6 +38,16 @@ _AV_FORMATS: dict[str, tuple[Chroma, int]] = {
     "yuv420p10le": ("420", 10),
     "yuv420p12le": ("420", 12),
     "yuv420p16le": ("420", 16),
+    "yuv422p": ("422", 8),
+    "yuvj422p": ("422", 8),
+    "yuv422p10le": ("422", 10),
+    "yuv422p12le": ("422", 12),
+    "yuv422p16le": ("422", 16),
+    "yuv444p": ("444", 8),
+    "yuvj444p": ("444", 8),
+    "yuv444p10le": ("444", 10),
+    "yuv444p12le": ("444", 12),
+    "yuv444p16le": ("444", 16),
 }
 SUPPORTED_AV_FORMATS = tuple(_AV_FORMATS)
 
@@ -121,9 +132,21 @@ class VideoFrame:
         return replace(self, planes=planes)
 
 
+# The largest frame vsqe accepts: 16384 on a side (above HEVC level 6.2's 16888-pixel limit only
+# in theory) and 8192x8192 pixels in all (8K UHD is 7680x4320). A header claiming more (a damaged
+# or hostile y4m: "W60000 H60000" is 5.4 GB per frame) is refused before anything is allocated.
+MAX_FRAME_SIDE = 16384
+MAX_FRAME_PIXELS = 8192 * 8192
+
+
 def check_frame_size(width: int, height: int) -> None:
     if width < 2 or height < 2:
         raise FormatError(f"frame size {width}x{height} is too small (at least 2x2)")
+    if width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS:
+        raise FormatError(
+            f"frame size {width}x{height} is too large (at most {MAX_FRAME_SIDE} pixels on a side and "
+            f"{MAX_FRAME_PIXELS} pixels in all, 8192x8192)"
+        )
 
 
 def plane_to_float(plane: np.ndarray, fmt: PixelFormat) -> torch.Tensor:

@@ -94,7 +94,10 @@ def parse_header(line: bytes, name: str) -> Y4MHeader:
             color_range = {"LIMITED": "tv", "FULL": "pc"}.get(value.split("=", 1)[1].upper())
     if width <= 0 or height <= 0:
         raise InputError(f"{name}: bad y4m header: width and height (W, H) are required")
-    check_frame_size(width, height)
+    try:
+        check_frame_size(width, height)  # before anything is allocated for a frame
+    except FormatError as exc:
+        raise FormatError(f"{name}: {exc}") from None
     if rate is None or rate <= 0:
         log.warning("%s: y4m header has no frame rate; assuming %s fps", name, _DEFAULT_RATE)
         rate = _DEFAULT_RATE
