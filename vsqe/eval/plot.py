@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-from vsqe.errors import OutputError
 from vsqe.eval.report import EvalReport
 
 
@@ -30,7 +29,7 @@ def plot_psnr(report: EvalReport, path: str | os.PathLike, title: str | None = N
     ax.set_title(title or f"Y-PSNR per frame vs {os.path.basename(report.ref)}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    try:
-        fig.savefig(os.fspath(path), format="png")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    from vsqe.io.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")

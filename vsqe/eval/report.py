@@ -10,10 +10,9 @@ import csv
 import itertools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator
 
-from vsqe.errors import FormatError, InputError, OutputError
+from vsqe.errors import FormatError, InputError
 from vsqe.eval.psnr import PSNR_CAP_DB, psnr
 from vsqe.io.formats import VideoFrame, convert_bit_depth
 
@@ -148,14 +147,14 @@ class EvalReport:
         columns = ["frame", "type"] + [f"dist_{p.lower()}" for p in self.planes]
         if self.enh is not None:
             columns += [f"enh_{p.lower()}" for p in self.planes] + ["delta_y"]
-        try:
-            with open(Path(path), "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(columns)
-                for s in self.frames:
-                    row = [s.index, s.pict_type or ""] + [f"{v:.6f}" for v in s.dist]
-                    if s.enh is not None:
-                        row += [f"{v:.6f}" for v in s.enh] + [f"{s.delta_y:.6f}"]
-                    writer.writerow(row)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        from vsqe.io.atomic import atomic_output
+
+        # Complete or absent: a full disk or Ctrl-C never leaves half a CSV behind.
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for s in self.frames:
+                row = [s.index, s.pict_type or ""] + [f"{v:.6f}" for v in s.dist]
+                if s.enh is not None:
+                    row += [f"{v:.6f}" for v in s.enh] + [f"{s.delta_y:.6f}"]
+                writer.writerow(row)

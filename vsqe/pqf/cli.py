@@ -68,9 +68,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         assert scores is not None
         flags, source = pqfs_from_scores(scores, radius), "estimate"
-    if source != "qp":
-        unknown = sum(q is None for q in qps)
-        log.warning(f"QP unknown for {unknown} of {len(pics)} frames: PQFs from the {source} fallback")
 
     psnrs: list[float] | None = None
     if args.ref is not None:
@@ -97,6 +94,16 @@ def run(args: argparse.Namespace) -> int:
         _write_csv(args.csv, rows, columns)
     if args.plot is not None:
         _plot(args.plot, args.input.name, pics, flags, psnrs, scores)
+    if source != "qp":
+        # The table is complete, but the stream is damaged (or lacks parameter sets): say so in
+        # the exit status, as `vsqe run` and `vsqe eval` do for frames they could not decode.
+        from vsqe.errors import FramesLostError
+
+        unknown = sum(q is None for q in qps)
+        raise FramesLostError(
+            f"{args.input}: QP unknown for {unknown} of {len(pics)} frames (slice headers unreadable); "
+            f"PQFs from the {source} fallback"
+        )
     return 0
 
 
@@ -134,15 +141,12 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from vsqe.errors import OutputError
+    from vsqe.io.atomic import atomic_output
 
-    try:
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:  # complete or absent
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def _plot(path: Path, title: str, pics: list, flags: list[bool], psnrs: list[float] | None,
@@ -152,7 +156,7 @@ def _plot(path: Path, title: str, pics: list, flags: list[bool], psnrs: list[flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vsqe.errors import OutputError
+    from vsqe.io.atomic import atomic_output
 
     x = list(range(len(pics)))
     fig, ax = plt.subplots(figsize=(max(6.0, min(24.0, len(pics) * 0.25)), 3.6))
@@ -177,9 +181,8 @@ def _plot(path: Path, title: str, pics: list, flags: list[bool], psnrs: list[flo
     ax.set_title(title)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
 

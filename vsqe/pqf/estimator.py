@@ -160,8 +160,10 @@ def decode_luma(path: str | os.PathLike, max_frames: int | None = None) -> Itera
     try:
         container = av.open(str(path))
     except (OSError, av.FFmpegError) as exc:
-        raise InputError(f"{path}: cannot decode ({exc})") from None
+        raise InputError(f"{path}: cannot decode ({getattr(exc, 'strerror', None) or exc})") from None
     with container:
+        if not container.streams.video:
+            raise InputError(f"{path}: no video stream")
         stream = container.streams.video[0]
         try:
             for i, frame in enumerate(container.decode(stream)):
