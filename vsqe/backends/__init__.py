@@ -1,7 +1,9 @@
 """Backends run a built model on tensors: [N, T, C, H, W] float32 in, [N, C, H, W] float32 out.
 
-Names: "torch" (CPU/GPU PyTorch; precision fp32 or bf16), "auto" (the fastest available here).
-TensorRT joins this list when its issue lands. One interface, one factory.
+Names: "torch", "torch-fp32", "torch-bf16" (PyTorch eager; bf16 autocast + channels_last on AMX),
+"openvino", "openvino-fp32", "openvino-bf16" (dense parts on OpenVINO, our DCN kernel between
+them), "trt", "trt-fp16" (TensorRT engines on NVIDIA GPUs, docs/tensorrt.md), and "auto" (the
+fastest that can run the model here, docs/benchmarks.md). One interface, one factory (base.py).
 """
 from __future__ import annotations
 
