@@ -36,3 +36,28 @@ test: setup
 
 clean:
 	rm -rf build out
+
+# --- reliability (docs/reliability.md) -----------------------------------------------------------
+# `make fuzz`: coverage-guided fuzzing (atheris) of the slice-header parsers and the y4m reader,
+# FUZZ_SECONDS per target (4 targets: 5 minutes by default); a crash fails with its input under
+# build/fuzz/artifacts/TARGET/. `make longrun`: 3,000 frames through `vsqe run` and vspipe with the
+# resident memory sampled every second (docs/reliability_rss.png, build/longrun/longrun.json).
+FUZZ_SECONDS ?= 75
+FUZZ_TARGETS := pqf_h264 pqf_hevc pqf_vvc y4m
+LONGRUN_FRAMES ?= 3000
+.PHONY: fuzz longrun
+fuzz: setup
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) fuzz/seeds.py build/fuzz/seeds $(SHARED)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t build/fuzz/artifacts/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  $(PY) fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+	    -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/$$t/ build/fuzz/corpus/$$t build/fuzz/seeds/$$t \
+	    > build/fuzz/$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/$$t.log; echo "fuzz: $$t crashed; input in build/fuzz/artifacts/$$t/ (add it to tests/fuzz/crashers/$$t/)"; exit 1; }; \
+	  grep -E "DONE|stat::number_of_executed_units|stat::peak_rss_mb" build/fuzz/$$t.log | tr '\n' ' '; echo; \
+	done
+
+longrun: setup
+	VSQE_SHARED_DATA=$(SHARED) $(PY) tests/hardening/longrun.py --frames $(LONGRUN_FRAMES)

@@ -31,6 +31,7 @@ MAGIC = b"YUV4MPEG2"
 # looking for a newline).
 _MAX_LINE = 4096
 _DEFAULT_RATE = Fraction(25)
+_FIRST_READ = 1 << 20  # bytes of a frame read before the whole frame's buffer is allocated
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,18 @@ class Y4MReader:
         self.header = parse_header(first, name)
         self.lost = 0  # frames that were announced (a FRAME line or bytes) but could not be read
 
+    def _read_into(self, buffer: bytearray | memoryview) -> int:
+        """Fills `buffer` as far as the input goes (readinto on a pipe may return less before
+        the end: keep reading); returns the bytes read."""
+        view = memoryview(buffer)
+        got = 0
+        while got < len(view):
+            more = self._f.readinto(view[got:])
+            if not more:
+                break
+            got += more
+        return got
+
     def frame_count_hint(self, file_size: int | None) -> int | None:
         """Frames in a regular file of `file_size` bytes with plain 'FRAME' lines (the usual)."""
         if file_size is None:
@@ -153,14 +166,15 @@ class Y4MReader:
                 self.lost += 1
                 log.warning("%s: frame %d: bad frame header %r; stopping here", self.name, index, line[:16])
                 return
-            buffer = bytearray(h.frame_bytes)
-            got = self._f.readinto(buffer)
-            # readinto on a pipe may return less than asked before the end: keep reading.
-            while got < h.frame_bytes:
-                more = self._f.readinto(memoryview(buffer)[got:])
-                if not more:
-                    break
-                got += more
+            # The first MiB first: a header that promises a huge frame over a few bytes of data
+            # (a cut or hostile file) costs what is there, not what the header claims.
+            buffer = bytearray(min(h.frame_bytes, _FIRST_READ))
+            got = self._read_into(buffer)
+            if got == len(buffer) < h.frame_bytes:
+                whole = bytearray(h.frame_bytes)
+                whole[:got] = buffer
+                buffer = whole
+                got += self._read_into(memoryview(buffer)[got:])
             if got < h.frame_bytes:
                 self.lost += 1
                 log.warning(

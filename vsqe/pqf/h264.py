@@ -297,6 +297,8 @@ def parse_slice_header(rbsp: bytes, spss: dict[int, Sps], ppss: dict[int, Pps]) 
     if pps.entropy_coding_mode and st not in (I, SI):
         r.ue(2)  # cabac_init_idc
     h.qp = pps.init_qp + r.se(26 + 6 * 6)  # slice_qp_delta
+    if not -6 * 6 <= h.qp <= 51:  # 7.4.3: -QpBdOffsetY..51 (QpBdOffsetY <= 36 at 14 bits)
+        raise ParseError(f"SliceQPY {h.qp} out of range")
     return h
 
 

@@ -540,6 +540,8 @@ def parse_slice_header(r: BitReader, nal_type: int, spss: dict[int, Sps], ppss: 
         if sps.motion_vector_resolution_control_idc == 2:
             r.skip(1)  # use_integer_mv_flag
     info.qp = pps.init_qp + r.se(26 + 6 * 8)  # slice_qp_delta
+    if not -6 * 8 <= info.qp <= 51:  # 7.4.7.1: -QpBdOffsetY..51 (QpBdOffsetY <= 48 at 16 bits)
+        raise ParseError(f"SliceQpY {info.qp} out of range")
     return info
 
 

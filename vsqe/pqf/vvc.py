@@ -830,6 +830,8 @@ def parse_slice_header(r: BitReader, nal_type: int, ph: PictureHeader | None, sp
         qp = pps.init_qp + ph.qp_delta
     else:
         qp = pps.init_qp + r.se(26 + 6 * 8 + 63)  # sh_qp_delta
+    if not -6 * 8 <= qp <= 63:  # 7.4.8 / 7.4.9: -QpBdOffset..63 (QpBdOffset <= 48 at 16 bits)
+        raise ParseError(f"SliceQpY {qp} out of range")
     return ph, slice_type, qp
 
 
