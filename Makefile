@@ -40,8 +40,9 @@ clean:
 # --- reliability (docs/reliability.md) -----------------------------------------------------------
 # `make fuzz`: coverage-guided fuzzing (atheris) of the slice-header parsers and the y4m reader,
 # FUZZ_SECONDS per target (4 targets: 5 minutes by default); a crash fails with its input under
-# build/fuzz/artifacts/TARGET/. `make longrun`: 3,000 frames through `vsqe run` and vspipe with the
-# resident memory sampled every second (docs/reliability_rss.png, build/longrun/longrun.json).
+# build/fuzz/artifacts/TARGET/. `make longrun`: a training run killed with SIGKILL resumes (slow
+# tests), then 3,000 frames through `vsqe run` and vspipe with the resident memory sampled every
+# second (docs/reliability_rss.png, build/longrun/longrun.json).
 FUZZ_SECONDS ?= 75
 FUZZ_TARGETS := pqf_h264 pqf_hevc pqf_vvc y4m
 LONGRUN_FRAMES ?= 3000
@@ -60,4 +61,5 @@ fuzz: setup
 	done
 
 longrun: setup
+	VSQE_SLOW_TESTS=1 $(PY) -m pytest -q tests/hardening/test_train_kill.py
 	VSQE_SHARED_DATA=$(SHARED) $(PY) tests/hardening/longrun.py --frames $(LONGRUN_FRAMES)
