@@ -1,0 +1,56 @@
+// Internal: the AVX-512 kernels, compiled in their own translation unit with AVX-512 flags and
+// only called after a runtime CPU check, so the module still loads on CPUs without AVX-512.
+// That TU must not instantiate any inline or template code shared with other TUs (the linker
+// could keep its AVX-512 copy for everyone), hence this header includes only plain structs and
+// the threading stays in dcn_cpu.cpp.
+#pragma once
+
+#include <cstdint>
+
+#include "dcn_types.h"
+
+namespace vsqe {
+namespace dcn {
+namespace cpu {
+
+#if defined(VSQE_HAVE_AVX512_TU)
+
+// Columns of tap k of deformable group g (all channels of the group) for output pixels
+// [p0, p1) of image n, exactly like the scalar path: cols[c*K + k, p - c0], row length L
+// ([p0, p1) lies inside [c0, c0 + L), so several calls can fill bands of one column matrix).
+// One function per supported (input, offset) dtype pair; mask has the offset's dtype and cols
+// the input's.
+void im2col_avx512_f32(const float* input, const float* offset, const float* mask, float* cols,
+                       int64_t c0, int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g, int k);
+void im2col_avx512_bf16(const bf16* input, const bf16* offset, const bf16* mask, bf16* cols,
+                        int64_t c0, int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g, int k);
+void im2col_avx512_bf16_f32off(const bf16* input, const float* offset, const float* mask,
+                               bf16* cols, int64_t c0, int64_t L, const Shape& s, int n,
+                               int64_t p0, int64_t p1, int g, int k);
+
+// Weight packed for the GEMM micro-kernel: per conv group, per tile of 8 output channels,
+// [CK/groups][8] fp32 (zero rows pad the last tile); bias likewise [tiles][8] (zeros if none).
+struct PackedWeight {
+  const float* w;
+  const float* b;
+  int cout, groups, ckg, tiles_per_group;  // ckg = (C/groups)*K
+  bool stream_out;  // write the output with streaming (cache-bypassing) stores
+};
+
+// Fused forward of output pixels [p0, p1) of image n: fp32 columns into `scratch`
+// (C*K*(p1-p0) floats), then out[n, :, p0:p1] = W @ cols + b.
+void forward_block_avx512_f32(const float* input, const float* offset, const float* mask,
+                              const PackedWeight& w, float* out, const Shape& s, int n,
+                              int64_t p0, int64_t p1, float* scratch);
+void forward_block_avx512_bf16(const bf16* input, const bf16* offset, const bf16* mask,
+                               const PackedWeight& w, bf16* out, const Shape& s, int n,
+                               int64_t p0, int64_t p1, float* scratch);
+void forward_block_avx512_bf16_f32off(const bf16* input, const float* offset, const float* mask,
+                                      const PackedWeight& w, bf16* out, const Shape& s, int n,
+                                      int64_t p0, int64_t p1, float* scratch);
+
+#endif
+
+}  // namespace cpu
+}  // namespace dcn
+}  // namespace vsqe

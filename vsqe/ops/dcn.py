@@ -1,0 +1,656 @@
+"""DCNv2 (modulated deformable convolution) as the torch custom op ``vsqe::deform_conv2d``.
+
+Semantics are those of ``torchvision.ops.deform_conv2d`` with a mask (and of mmcv's
+``ModulatedDeformConv2d``); see docs/dcn.md. The native kernels (``vsqe._dcn_cpu`` and, when
+built, ``vsqe._dcn_cuda``) do the deformable im2col and its backward on plain buffers; the GEMM
+with the weight is a torch matmul, so it runs on oneDNN/MKL (AMX for bf16) or cuBLAS.
+
+Dtypes:
+  * float32 and float64 run as they are; bfloat16 runs in bfloat16 storage with fp32
+    accumulation (the bilinear sample is computed in fp32 and rounded once into the bf16
+    columns; the matmul accumulates in fp32). float16 runs in float32 on the CPU, natively on CUDA.
+  * The output has the input's dtype; weight and bias are cast to it.
+  * offset and mask are read in their own dtype when it is float32 or the input's dtype (so
+    fp32 offsets keep their precision under bf16 autocast); any other dtype is cast to float32.
+    mask is cast to offset's dtype when they differ.
+  * Under ``torch.autocast`` the op runs in the autocast dtype: input, weight and bias are cast
+    to it, offset and mask follow the rule above.
+  * Backward always computes in float32 (float64 for float64 inputs) and casts each gradient
+    back to its tensor's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "deform_conv2d",
+    "set_impl",
+    "get_impl",
+    "native_available",
+    "cuda_available",
+]
+
+try:  # the CPU module is always built; a missing one means a broken install
+    from vsqe import _dcn_cpu  # type: ignore[attr-defined]
+
+    _CPU_IMPORT_ERROR: Optional[BaseException] = None
+except ImportError as _e:  # pragma: no cover - only on broken installs
+    _dcn_cpu = None
+    _CPU_IMPORT_ERROR = _e
+
+try:  # built only where nvcc was found; needs no CUDA library to import
+    from vsqe import _dcn_cuda  # type: ignore[attr-defined]
+except ImportError:
+    _dcn_cuda = None
+
+IntPair = Union[int, Sequence[int]]
+
+# torch dtype -> vsqe::dcn::DType code (cpp/dcn/dcn_types.h)
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float64: 2, torch.float16: 3}
+
+# CPU forward: the fused native kernel (sampling + AVX-512 GEMM in one call) where the CPU has
+# AVX-512 and the dtype is fp32/bf16; otherwise native im2col + torch GEMM per block of output
+# pixels. Set CPU_FUSED = False to force the second path (benchmarks, tests). See docs/dcn.md.
+CPU_FUSED = True
+# Let the native im2col use its AVX-512 path where the CPU has it; False forces the portable
+# scalar code, which is dcn_math.h, the math the CUDA kernels run (tests check both).
+CPU_SIMD = True
+# Output pixels per im2col block of the unfused path and of the backward: bounds the column
+# buffer (C*K x this) at large frame sizes.
+CPU_BLOCK_PIXELS = 16384
+# Upper bound on the CUDA column buffer (elements) per call; images are batched up to it.
+CUDA_MAX_COL_ELEMENTS = 1 << 27
+
+_IMPLS = ("native", "torchvision")
+_impl = os.environ.get("VSQE_DCN", "native").strip().lower() or "native"
+if _impl not in _IMPLS:
+    raise ValueError(f"VSQE_DCN must be one of {_IMPLS}, got {_impl!r}")
+
+
+def set_impl(name: str) -> None:
+    """Choose what :func:`deform_conv2d` runs: ``"native"`` (the vsqe op) or ``"torchvision"``
+    (``torchvision.ops.deform_conv2d``, for reference and benchmarks). The environment variable
+    ``VSQE_DCN`` sets the initial value."""
+    global _impl
+    name = name.strip().lower()
+    if name not in _IMPLS:
+        raise ValueError(f"DCN implementation must be one of {_IMPLS}, got {name!r}")
+    _impl = name
+
+
+def get_impl() -> str:
+    """The implementation :func:`deform_conv2d` currently uses."""
+    return _impl
+
+
+def native_available() -> bool:
+    """Whether the native CPU module imported."""
+    return _dcn_cpu is not None
+
+
+def cuda_available() -> bool:
+    """Whether the native CUDA module was built and imported (says nothing about a GPU)."""
+    return _dcn_cuda is not None
+
+
+# ---- shapes -----------------------------------------------------------------------------------
+
+
+def _pair(v: IntPair, name: str) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    out = [int(x) for x in v]
+    if len(out) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return out
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def _check(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    offset_groups: int,
+) -> tuple[int, int]:
+    """Validates shapes and returns the output size (Ho, Wo)."""
+    if input.dim() != 4 or offset.dim() != 4 or mask.dim() != 4 or weight.dim() != 4:
+        raise ValueError("deform_conv2d: input, offset, mask and weight must be 4-D")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
+        raise ValueError("deform_conv2d: stride, padding and dilation must be pairs")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError("deform_conv2d: stride and dilation must be >= 1, padding >= 0")
+    n, c, h, w = input.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or c % groups or cout % groups or cin_g * groups != c:
+        raise ValueError(
+            f"deform_conv2d: weight {tuple(weight.shape)} does not fit {c} input channels "
+            f"in {groups} groups"
+        )
+    if offset_groups < 1 or c % offset_groups:
+        raise ValueError(f"deform_conv2d: {c} channels do not split into {offset_groups} offset groups")
+    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = _out_size(w, kw, stride[1], padding[1], dilation[1])
+    if ho < 1 or wo < 1:
+        raise ValueError("deform_conv2d: the output would be empty")
+    k = kh * kw
+    if tuple(offset.shape) != (n, 2 * offset_groups * k, ho, wo):
+        raise ValueError(
+            f"deform_conv2d: offset must be {(n, 2 * offset_groups * k, ho, wo)}, got {tuple(offset.shape)}"
+        )
+    if tuple(mask.shape) != (n, offset_groups * k, ho, wo):
+        raise ValueError(
+            f"deform_conv2d: mask must be {(n, offset_groups * k, ho, wo)}, got {tuple(mask.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise ValueError(f"deform_conv2d: bias must be ({cout},), got {tuple(bias.shape)}")
+    return ho, wo
+
+
+def _shape_arg(x: Tensor, kh: int, kw: int, stride, padding, dilation, g: int, ho: int, wo: int) -> list[int]:
+    n, c, h, w = x.shape
+    return [n, c, h, w, g, kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], ho, wo]
+
+
+def _compute_dtypes(device: torch.device, input_dtype: torch.dtype, offset_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype the input is computed in, dtype offset and mask are read in)."""
+    if input_dtype in (torch.float32, torch.float64, torch.bfloat16):
+        cdt = input_dtype
+    elif input_dtype == torch.float16 and device.type == "cuda":
+        cdt = input_dtype
+    else:
+        cdt = torch.float32
+    if cdt == torch.float64:
+        odt = torch.float64
+    elif offset_dtype in (cdt, torch.float32):
+        odt = offset_dtype
+    else:
+        odt = torch.float32
+    return cdt, odt
+
+
+# ---- forward kernels --------------------------------------------------------------------------
+
+
+def _require_cpu_module() -> None:
+    if _dcn_cpu is None:
+        raise RuntimeError(f"vsqe._dcn_cpu is not built or failed to import: {_CPU_IMPORT_ERROR}")
+
+
+def _gemm_into(dst: Tensor, w: Tensor, cols: Tensor, bias: Optional[Tensor], groups: int) -> None:
+    """dst[Cout, L] = w[groups, Cout/g, CK/g] @ cols[CK, L] (+ bias), written in place."""
+    cout_g = w.shape[1]
+    ck_g = w.shape[2]
+    for gi in range(groups):
+        d = dst[gi * cout_g : (gi + 1) * cout_g]
+        c = cols[gi * ck_g : (gi + 1) * ck_g]
+        if bias is None:
+            torch.mm(w[gi], c, out=d)
+        else:
+            b = bias[gi * cout_g : (gi + 1) * cout_g, None].expand_as(d)
+            torch.addmm(b, w[gi], c, out=d)
+
+
+def _forward_cpu(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    _require_cpu_module()
+    ho, wo = _check(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
+    cdt, odt = _compute_dtypes(input.device, input.dtype, offset.dtype)
+    x = input.to(cdt).contiguous()
+    off = offset.to(odt).contiguous()
+    msk = mask.to(odt).contiguous()
+    cout, cin_g, kh, kw = weight.shape
+    n, c, h, w_ = x.shape
+    shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
+    nthreads = torch.get_num_threads()
+    code_x, code_o = _DTYPE_CODE[cdt], _DTYPE_CODE[odt]
+
+    if CPU_FUSED and cdt in (torch.float32, torch.bfloat16) and h * w_ >= 2 and _dcn_cpu.has_avx512():
+        # One native call: sampling and an fp32 GEMM per L2-sized block of output pixels.
+        wf = weight.detach().to(torch.float32).reshape(cout, -1).contiguous()
+        bf = None if bias is None else bias.detach().to(torch.float32).contiguous()
+        out = torch.empty((n, cout, ho, wo), dtype=cdt)
+        _dcn_cpu.forward(
+            code_x, x.data_ptr(), code_o, off.data_ptr(), msk.data_ptr(), wf.data_ptr(),
+            0 if bf is None else bf.data_ptr(), out.data_ptr(), shape, cout, groups, 0, nthreads,
+        )
+        return out if out.dtype == input.dtype else out.to(input.dtype)
+
+    # Portable path: native im2col per block of output pixels, GEMM by torch.
+    w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
+    b = None if bias is None else bias.to(cdt)
+    ck, p = c * kh * kw, ho * wo
+    out = torch.empty((n, cout, ho, wo), dtype=cdt)
+    out_flat = out.view(n, cout, p)
+    blk = max(1, min(p, CPU_BLOCK_PIXELS))
+    col_buf = torch.empty(ck * blk, dtype=cdt)
+    for i in range(n):
+        for p0 in range(0, p, blk):
+            p1 = min(p, p0 + blk)
+            cols = col_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
+            _dcn_cpu.im2col(
+                code_x, x.data_ptr(), code_o, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
+                shape, i, p0, p1, nthreads, CPU_SIMD,
+            )
+            _gemm_into(out_flat[i, :, p0:p1], w, cols, b, groups)
+    return out if out.dtype == input.dtype else out.to(input.dtype)
+
+
+def _cuda_launch_args(x: Tensor) -> tuple[int, int]:
+    """(device index, cudaStream_t as an int) for a launch on x's device, on torch's stream."""
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return dev, torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _forward_cuda(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    assert _dcn_cuda is not None
+    ho, wo = _check(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
+    cdt, odt = _compute_dtypes(input.device, input.dtype, offset.dtype)
+    x = input.to(cdt).contiguous()
+    off = offset.to(odt).contiguous()
+    msk = mask.to(odt).contiguous()
+    cout, cin_g, kh, kw = weight.shape
+    w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
+    b = None if bias is None else bias.to(cdt)
+    n, c = x.shape[:2]
+    shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
+    ck, p = c * kh * kw, ho * wo
+    out = torch.empty((n, cout, p), dtype=cdt, device=x.device)
+    nb = max(1, min(n, CUDA_MAX_COL_ELEMENTS // (ck * p)))
+    col_buf = torch.empty(nb * ck * p, dtype=cdt, device=x.device)
+    dev, stream = _cuda_launch_args(x)
+    for n0 in range(0, n, nb):
+        cnt = min(nb, n - n0)
+        cols = col_buf[: cnt * ck * p].view(cnt, ck, p)
+        _dcn_cuda.im2col(
+            _DTYPE_CODE[cdt], x.data_ptr(), _DTYPE_CODE[odt], off.data_ptr(), msk.data_ptr(),
+            cols.data_ptr(), shape, n0, cnt, dev, stream,
+        )
+        cout_g, ck_g = cout // groups, ck // groups
+        for gi in range(groups):
+            d = out[n0 : n0 + cnt, gi * cout_g : (gi + 1) * cout_g]
+            torch.matmul(w[gi], cols[:, gi * ck_g : (gi + 1) * ck_g], out=d)
+            if b is not None:
+                d += b[gi * cout_g : (gi + 1) * cout_g, None]
+    out = out.view(n, cout, ho, wo)
+    return out if out.dtype == input.dtype else out.to(input.dtype)
+
+
+# ---- backward kernels -------------------------------------------------------------------------
+
+
+def _backward_common(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+    run_blocks: Callable[..., None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Shared by the CPU and CUDA backward: casts to the compute dtype, lets `run_blocks` fill
+    the gradients, casts back."""
+    ho, wo = _check(input, offset, mask, weight, None, stride, padding, dilation, groups, offset_groups)
+    cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
+    x = input.to(cdt).contiguous()
+    off = offset.to(cdt).contiguous()
+    msk = mask.to(cdt).contiguous()
+    go = grad.to(cdt).contiguous()
+    cout, cin_g, kh, kw = weight.shape
+    w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
+    shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
+    g_in = torch.zeros_like(x)
+    g_off = torch.empty_like(off)
+    g_msk = torch.empty_like(msk)
+    g_w = torch.zeros_like(w)
+    run_blocks(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w)
+    g_b = go.sum(dim=(0, 2, 3))
+    return (
+        g_in.to(input.dtype),
+        g_off.to(offset.dtype),
+        g_msk.to(mask.dtype),
+        g_w.view(weight.shape).to(weight.dtype),
+        g_b.to(weight.dtype),
+    )
+
+
+def _grad_cols_into(dst: Tensor, w: Tensor, go: Tensor, groups: int) -> None:
+    """dst[..., CK, L] = w^T @ go[..., Cout, L], per conv group."""
+    cout_g, ck_g = w.shape[1], w.shape[2]
+    for gi in range(groups):
+        torch.matmul(
+            w[gi].t(), go[..., gi * cout_g : (gi + 1) * cout_g, :], out=dst[..., gi * ck_g : (gi + 1) * ck_g, :]
+        )
+
+
+def _grad_weight_add(g_w: Tensor, go: Tensor, cols: Tensor, groups: int) -> None:
+    """g_w[g] += go[..., Cout/g, L] @ cols[..., CK/g, L]^T (summed over a leading batch dim)."""
+    cout_g, ck_g = g_w.shape[1], g_w.shape[2]
+    for gi in range(groups):
+        a = go[..., gi * cout_g : (gi + 1) * cout_g, :]
+        c = cols[..., gi * ck_g : (gi + 1) * ck_g, :]
+        if a.dim() == 3:  # batch of images: fold the batch into the reduction
+            a = a.transpose(0, 1).reshape(cout_g, -1)
+            c = c.transpose(0, 1).reshape(ck_g, -1)
+        g_w[gi].addmm_(a, c.t())
+
+
+def _backward_cpu(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _require_cpu_module()
+
+    def run(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w) -> None:
+        n, c = x.shape[:2]
+        kh, kw = shape[5], shape[6]
+        ho, wo = shape[13], shape[14]
+        ck = c * kh * kw
+        p = ho * wo
+        blk = max(1, min(p, CPU_BLOCK_PIXELS))
+        gcol_buf = torch.empty(ck * blk, dtype=x.dtype)
+        col_buf = torch.empty(ck * blk, dtype=x.dtype)
+        go_flat = go.view(n, go.shape[1], p)
+        code = _DTYPE_CODE[x.dtype]
+        nthreads = torch.get_num_threads()
+        for i in range(n):
+            for p0 in range(0, p, blk):
+                p1 = min(p, p0 + blk)
+                gcols = gcol_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
+                cols = col_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
+                go_blk = go_flat[i, :, p0:p1]
+                _grad_cols_into(gcols, w, go_blk, groups)
+                _dcn_cpu.col2im(
+                    code, x.data_ptr(), off.data_ptr(), msk.data_ptr(), gcols.data_ptr(),
+                    g_in.data_ptr(), g_off.data_ptr(), g_msk.data_ptr(), shape, i, p0, p1, nthreads,
+                )
+                _dcn_cpu.im2col(
+                    code, x.data_ptr(), code, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
+                    shape, i, p0, p1, nthreads, CPU_SIMD,
+                )
+                _grad_weight_add(g_w, go_blk, cols, groups)
+
+    return _backward_common(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups, run)
+
+
+def _backward_cuda(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    assert _dcn_cuda is not None
+
+    def run(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w) -> None:
+        n, c = x.shape[:2]
+        kh, kw = shape[5], shape[6]
+        ck, p = c * kh * kw, shape[13] * shape[14]
+        nb = max(1, min(n, CUDA_MAX_COL_ELEMENTS // (ck * p)))
+        gcol_buf = torch.empty(nb * ck * p, dtype=x.dtype, device=x.device)
+        col_buf = torch.empty(nb * ck * p, dtype=x.dtype, device=x.device)
+        go_flat = go.view(n, go.shape[1], p)
+        code = _DTYPE_CODE[x.dtype]
+        dev, stream = _cuda_launch_args(x)
+        for n0 in range(0, n, nb):
+            cnt = min(nb, n - n0)
+            gcols = gcol_buf[: cnt * ck * p].view(cnt, ck, p)
+            cols = col_buf[: cnt * ck * p].view(cnt, ck, p)
+            go_blk = go_flat[n0 : n0 + cnt]
+            _grad_cols_into(gcols, w, go_blk, groups)
+            _dcn_cuda.col2im(
+                code, x.data_ptr(), off.data_ptr(), msk.data_ptr(), gcols.data_ptr(),
+                g_in.data_ptr(), g_off.data_ptr(), g_msk.data_ptr(), shape, n0, cnt, dev, stream,
+            )
+            _dcn_cuda.im2col(
+                code, x.data_ptr(), code, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
+                shape, n0, cnt, dev, stream,
+            )
+            _grad_weight_add(g_w, go_blk, cols, groups)
+
+    return _backward_common(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups, run)
+
+
+# ---- the custom ops ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("vsqe::deform_conv2d", mutates_args=(), device_types="cpu")
+def _deform_conv2d_op(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    return _forward_cpu(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
+
+
+@_deform_conv2d_op.register_fake
+def _deform_conv2d_fake(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> Tensor:
+    n, _, h, w = input.shape
+    cout, _, kh, kw = weight.shape
+    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = _out_size(w, kw, stride[1], padding[1], dilation[1])
+    return input.new_empty((n, cout, ho, wo))
+
+
+@torch.library.custom_op("vsqe::deform_conv2d_backward", mutates_args=(), device_types="cpu")
+def _deform_conv2d_backward_op(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, offset, mask, weight, bias); the bias one is returned always."""
+    return _backward_cpu(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups)
+
+
+@_deform_conv2d_backward_op.register_fake
+def _deform_conv2d_backward_fake(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    offset_groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return (
+        torch.empty_like(input),
+        torch.empty_like(offset),
+        torch.empty_like(mask),
+        torch.empty_like(weight),
+        weight.new_empty((weight.shape[0],)),
+    )
+
+
+if _dcn_cuda is not None:
+    _deform_conv2d_op.register_kernel("cuda")(_forward_cuda)
+    _deform_conv2d_backward_op.register_kernel("cuda")(_backward_cuda)
+
+
+def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+    input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups = inputs
+    ctx.save_for_backward(input, offset, mask, weight)
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.conf = (stride, padding, dilation, groups, offset_groups)
+
+
+def _backward(ctx, grad: Tensor):
+    input, offset, mask, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, offset_groups = ctx.conf
+    g_in, g_off, g_msk, g_w, g_b = torch.ops.vsqe.deform_conv2d_backward(
+        grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups
+    )
+    g_b = g_b.to(ctx.bias_dtype) if ctx.has_bias else None
+    return g_in, g_off, g_msk, g_w, g_b, None, None, None, None, None
+
+
+_deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Autocast: run in the autocast dtype, but leave fp32 offsets and masks alone (bf16 offsets of a
+# few tens of pixels would lose sub-pixel precision). See the module docstring.
+_lib = torch.library.Library("vsqe", "FRAGMENT")
+
+
+def _make_autocast_kernel(device_type: str, key: str) -> Callable[..., Tensor]:
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(
+        input: Tensor,
+        offset: Tensor,
+        mask: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int,
+        offset_groups: int,
+    ) -> Tensor:
+        dt = torch.get_autocast_dtype(device_type)
+
+        def keep_or_fp32(t: Tensor) -> Tensor:
+            return t if t.dtype in (dt, torch.float32) else t.float()
+
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return torch.ops.vsqe.deform_conv2d(
+                input.to(dt),
+                keep_or_fp32(offset),
+                keep_or_fp32(mask),
+                weight.to(dt),
+                None if bias is None else bias.to(dt),
+                stride,
+                padding,
+                dilation,
+                groups,
+                offset_groups,
+            )
+
+    return kernel
+
+
+for _dev, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+    _lib.impl("deform_conv2d", _make_autocast_kernel(_dev, _key), _key)
+
+
+# ---- the function model code calls ------------------------------------------------------------
+
+
+def deform_conv2d(
+    x: Tensor,
+    offset: Tensor,
+    mask: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+) -> Tensor:
+    """Modulated deformable convolution (DCNv2), torchvision's semantics.
+
+    Args:
+        x: input ``[N, C, H, W]``.
+        offset: ``[N, 2*G*kh*kw, Ho, Wo]``, channel ``g*2*K + 2*k + (0: dy, 1: dx)``.
+        mask: ``[N, G*kh*kw, Ho, Wo]`` modulation, already through a sigmoid; ``None`` means
+            all ones (plain DCNv1; allocates a ones tensor).
+        weight: ``[Cout, C/groups, kh, kw]``; ``groups`` is ``C // weight.shape[1]``.
+        bias: optional ``[Cout]``.
+        stride, padding, dilation: int or (h, w) pair.
+
+    The number of deformable groups G is ``offset.shape[1] // (2*kh*kw)``. Runs the native op
+    ``torch.ops.vsqe.deform_conv2d`` unless :func:`set_impl` selected ``"torchvision"``.
+    """
+    s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    kh, kw = weight.shape[2], weight.shape[3]
+    if _impl == "torchvision":
+        import torchvision.ops
+
+        return torchvision.ops.deform_conv2d(x, offset, weight, bias, s, p, d, mask)
+    if offset.shape[1] % (2 * kh * kw):
+        raise ValueError(f"deform_conv2d: offset has {offset.shape[1]} channels, not a multiple of {2 * kh * kw}")
+    offset_groups = offset.shape[1] // (2 * kh * kw)
+    if weight.shape[1] == 0 or x.shape[1] % weight.shape[1]:
+        raise ValueError(f"deform_conv2d: weight {tuple(weight.shape)} does not fit {x.shape[1]} input channels")
+    groups = x.shape[1] // weight.shape[1]
+    if mask is None:
+        mask = offset.new_ones((offset.shape[0], offset_groups * kh * kw, offset.shape[2], offset.shape[3]))
+    return torch.ops.vsqe.deform_conv2d(x, offset, mask, weight, bias, s, p, d, groups, offset_groups)
