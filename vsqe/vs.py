@@ -6,6 +6,10 @@ that `vsqe run` uses, so frame n is identical bit for bit to frame n of the CLI'
 is loaded once per call of `enhance`; the enhancer's lock serialises inference so that
 `core.num_threads` worker threads do not multiply activation memory.
 
+Recurrent models (BasicVSR++) run in segments (pipeline/segments.py): frame n is taken from the
+enhancer's segment cache, which computes segment n // L once, reading its frames with
+`clip.get_frame` inside the callback, and keeps the last two segments.
+
 Logs go to stderr: under vspipe, stdout is the y4m pipe.
 """
 from __future__ import annotations
@@ -24,10 +28,12 @@ from vsqe.pipeline.window import window_indices
 
 log = logging.getLogger("vsqe.vs")
 
-__all__ = ["enhance", "stdf"]
+__all__ = ["enhance", "stdf", "basicvsrpp"]
 
-_Y_FORMATS = ("YUV420P8", "YUV420P10", "YUV420P16", "GRAY8", "GRAY10", "GRAY16")
-_RGB_FORMATS = ("RGBS", "RGBH")
+# Preset ids, compared by value: format names differ in case between versions ("Gray8").
+_Y_FORMATS = {vs.YUV420P8: "YUV420P8", vs.YUV420P10: "YUV420P10", vs.YUV420P16: "YUV420P16",
+              vs.GRAY8: "GRAY8", vs.GRAY10: "GRAY10", vs.GRAY16: "GRAY16"}
+_RGB_FORMATS = {vs.RGBS: "RGBS", vs.RGBH: "RGBH"}
 
 
 def _pixel_format(fmt: vs.VideoFormat) -> PixelFormat:
@@ -66,12 +72,15 @@ def enhance(
     overlap: int | None = None,
     threads: int | None = None,
     allow_untrained: bool = False,
+    segment_length: int | None = None,
+    segment_overlap: int | None = None,
 ) -> vs.VideoNode:
     """Enhances `clip` with a vsqe model; same format, size, length and frame properties.
 
     Y models take YUV420P8/P10/P16 and GRAY8/10/16 (chroma passes through untouched); RGB models
     take RGBS/RGBH. `tiles` is the tile size in pixels (None: automatic by frame size), `overlap`
-    the tile overlap (default 64). All checks run here, at script evaluation time.
+    the tile overlap (default 64). Recurrent models (BasicVSR++) take `segment_length` and
+    `segment_overlap` (defaults from the model). All checks run here, at script evaluation time.
     """
     try:
         enhancer = Enhancer(
@@ -82,6 +91,8 @@ def enhance(
             overlap=64 if overlap is None else overlap,
             threads=threads,
             require_weights=not allow_untrained,
+            segment_length=segment_length,
+            segment_overlap=segment_overlap,
         )
     except VsqeError as exc:
         raise vs.Error(f"vsqe: {exc}") from None
@@ -93,11 +104,13 @@ def enhance(
     if fmt is None or clip.width == 0 or clip.height == 0:
         raise vs.Error("vsqe: variable-format or variable-size clips are not supported; resize to one size first")
     supported = _Y_FORMATS if spec.color == "y" else _RGB_FORMATS
-    if fmt.name not in supported:
+    if fmt.id not in {int(preset) for preset in supported}:
         raise vs.Error(
-            f"vsqe: model {model!r} does not take {fmt.name}; supported: {', '.join(supported)}"
+            f"vsqe: model {model!r} does not take {fmt.name}; supported: {', '.join(supported.values())}"
             + ("" if spec.color == "y" else " (convert with core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s=...))")
         )
+    if spec.temporal == "recurrent":
+        return _enhance_recurrent(clip, enhancer)
     if clip.num_frames < spec.window:
         raise vs.Error(
             f"vsqe: clip has {clip.num_frames} frames; model {model!r} needs at least {spec.window} (its temporal window)"
@@ -130,6 +143,39 @@ def enhance(
     return clip.std.ModifyFrame(clips=neighbours, selector=enhance_frame)
 
 
+def _enhance_recurrent(clip: vs.VideoNode, enhancer: Enhancer) -> vs.VideoNode:
+    """RGBS/RGBH through the enhancer's segment cache (the same segments as `vsqe run`)."""
+    scale = enhancer.spec.scale
+
+    def get_tensor(i: int) -> torch.Tensor:
+        frame = clip.get_frame(i)
+        return torch.from_numpy(np.stack([np.asarray(frame[p], dtype=np.float32) for p in range(3)]))
+
+    cache = enhancer.random_access_tensors(get_tensor, clip.num_frames)
+
+    def enhance_frame(n: int, f: vs.VideoFrame | list[vs.VideoFrame]) -> vs.VideoFrame:
+        if isinstance(f, vs.VideoFrame):
+            out = f.copy()  # keeps the source frame's properties
+        else:  # [source, blank of the output size]
+            out = f[1].copy()
+            out.props.clear()
+            out.props.update(f[0].props)
+        rgb = cache.get(n).clamp(0, 1).numpy()
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), rgb[p].astype(np.asarray(out[p]).dtype))
+        return out
+
+    if scale == 1:
+        return clip.std.ModifyFrame(clips=clip, selector=enhance_frame)
+    blank = clip.std.BlankClip(width=clip.width * scale, height=clip.height * scale, keep=True)
+    return blank.std.ModifyFrame(clips=[clip, blank], selector=enhance_frame)
+
+
 def stdf(clip: vs.VideoNode, **kwargs) -> vs.VideoNode:
     """STDF (Y); keywords as for `enhance`."""
     return enhance(clip, model="stdf", **kwargs)
+
+
+def basicvsrpp(clip: vs.VideoNode, **kwargs) -> vs.VideoNode:
+    """BasicVSR++ QE (RGBS/RGBH); keywords as for `enhance`."""
+    return enhance(clip, model="basicvsrpp", **kwargs)
