@@ -7,6 +7,7 @@ the scalar im2col, which is the shared dcn_math.h code the CUDA kernels also run
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import warnings
 from typing import Optional
@@ -285,6 +286,20 @@ def test_opcheck():
         args,
         test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
     )
+
+
+@pytest.mark.skipif(os.environ.get("VSQE_SLOW_TESTS") != "1", reason="~10 CPU s of compiling; set VSQE_SLOW_TESTS=1")
+def test_torch_compile_fullgraph():
+    x, off, msk, wt, b, s, p, d = make_case(1, 7, 12, 14, 8, 7, 3, 1, 1, 1, True)
+    wt.requires_grad_(True)
+
+    def f(x_, off_, msk_):
+        return deform_conv2d(x_, off_, msk_, wt, b, s, p, d)
+
+    y = torch.compile(f, backend="aot_eager", fullgraph=True)(x, off, msk)
+    assert torch.equal(y, f(x, off, msk))
+    y.sum().backward()
+    assert wt.grad is not None
 
 
 def test_torch_export_keeps_the_op():

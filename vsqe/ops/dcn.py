@@ -2,13 +2,16 @@
 
 Semantics are those of ``torchvision.ops.deform_conv2d`` with a mask (and of mmcv's
 ``ModulatedDeformConv2d``); see docs/dcn.md. The native kernels (``vsqe._dcn_cpu`` and, when
-built, ``vsqe._dcn_cuda``) do the deformable im2col and its backward on plain buffers; the GEMM
-with the weight is a torch matmul, so it runs on oneDNN/MKL (AMX for bf16) or cuBLAS.
+built, ``vsqe._dcn_cuda``) take plain buffers (integer addresses of contiguous tensors). On
+AVX-512 CPUs the forward is one fused native call (sampling and GEMM per L2-sized block of
+pixels); elsewhere, in the backward and on CUDA, the native code does the deformable im2col /
+col2im and the GEMMs with the weight are torch matmuls (oneDNN/MKL or cuBLAS).
 
 Dtypes:
   * float32 and float64 run as they are; bfloat16 runs in bfloat16 storage with fp32
-    accumulation (the bilinear sample is computed in fp32 and rounded once into the bf16
-    columns; the matmul accumulates in fp32). float16 runs in float32 on the CPU, natively on CUDA.
+    accumulation (samples and GEMM sums are fp32; the fused CPU path rounds only the output,
+    the im2col paths also round each sampled column to bf16 before the fp32-accumulating
+    matmul). float16 runs in float32 on the CPU, natively on CUDA.
   * The output has the input's dtype; weight and bias are cast to it.
   * offset and mask are read in their own dtype when it is float32 or the input's dtype (so
     fp32 offsets keep their precision under bf16 autocast); any other dtype is cast to float32.
