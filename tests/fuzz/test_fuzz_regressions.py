@@ -54,3 +54,18 @@ def test_a_huge_y4m_header_costs_only_the_bytes_present() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_vvc_sps_with_zero_width_is_skipped() -> None:
+    """pqf_vvc crasher (12 bytes): an SPS with sps_pic_width_max_in_luma_samples 0 and
+    sub-pictures of one size divided by a zero sub-picture width (ZeroDivisionError). The SPS is
+    now an unreadable parameter set: skipped like any other."""
+    import io
+
+    from vsqe.pqf.nal import iter_nal_units
+    from vsqe.pqf.stream import make_parser
+
+    parser = make_parser("vvc")
+    data = (CRASHERS / "pqf_vvc" / "sps_zero_width.266").read_bytes()
+    assert [p for nal in iter_nal_units(io.BytesIO(data)) for p in parser.push(nal)] == []
+    assert parser.spss == {}

@@ -153,6 +153,8 @@ def parse_sps(rbsp: bytes) -> Sps:
         r.skip(1)  # sps_res_change_in_clvs_allowed_flag
     width = r.ue(1 << 16)
     height = r.ue(1 << 16)
+    if width == 0 or height == 0:  # 7.4.3.4: a non-zero multiple of MinCbSizeY
+        raise ParseError(f"SPS picture size {width}x{height}")
     s = Sps(sps_id, chroma, log2_ctu, width, height)
     if r.flag():  # sps_conformance_window_flag
         for _ in range(4):
