@@ -32,9 +32,9 @@ from vsqe.pipeline.window import sliding_windows
 # Above this many pixels a frame is processed in tiles, to bound activation memory (STDF keeps
 # about 64 + 189 + 48 float channels per pixel alive: ~1.2 KB/px, ~2.5 GB at 1080p untiled).
 DEFAULT_TILE_PIXELS = 1280 * 720
-# Recurrent models hold features of every frame of a segment; see docs/basicvsrpp.md.
+# Recurrent models hold ~100 B per pixel per segment frame (BasicVSR++ C64); frames above
+# DEFAULT_TILE_PIXELS run in tiles of at most this size (docs/basicvsrpp.md, memory).
 DEFAULT_SEGMENT_TILE = 720
-DEFAULT_SEGMENT_TILE_OVERLAP = 64
 
 
 class Enhancer:
@@ -135,7 +135,7 @@ class Enhancer:
                 min_size=self.spec.min_size,
                 scale=self.spec.scale,
                 tile=self._segment_tile_for(h, w),
-                overlap=self.overlap if self.tile is not None else DEFAULT_SEGMENT_TILE_OVERLAP,
+                overlap=self.overlap,
             )
 
     def enhance_segment(self, frames: Sequence[VideoFrame]) -> list[VideoFrame]:
