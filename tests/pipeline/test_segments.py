@@ -151,6 +151,9 @@ def test_random_access_equals_streaming_bit_for_bit_in_any_order():
     for n in order + order[::-1]:
         assert torch.equal(cache.get(n), streamed[n]), n
     assert len(cache.cached_segments()) <= 2
+    # A cached frame owns its memory: the segment's overlap frames are not kept alive with it.
+    frame = cache.get(7)
+    assert frame.untyped_storage().nbytes() == frame.numel() * frame.element_size()
     # Sequential playback computes every segment once.
     seq = SegmentCache(lambda i: frames[i], len(frames), process, plan, max_segments=1)
     for n in range(len(frames)):

@@ -191,8 +191,13 @@ class SegmentCache(Generic[In, Out]):
                     raise ValueError(
                         f"segment function returned {len(outputs)} outputs for {len(inputs)} inputs"
                     )
-                # Keep only the frames this segment is responsible for.
-                entry.outputs = list(outputs[seg.out_start - seg.in_start : seg.out_stop - seg.in_start])
+                # Keep only the frames this segment is responsible for; tensors are copied out of
+                # the segment's output so that its overlap frames are freed.
+                entry.outputs = [
+                    o.clone() if isinstance(o, torch.Tensor) else o
+                    for o in outputs[seg.out_start - seg.in_start : seg.out_stop - seg.in_start]
+                ]
+                del outputs
                 with self._lock:
                     self.computed += 1
             except BaseException as exc:
