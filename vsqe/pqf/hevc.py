@@ -13,7 +13,7 @@ from typing import Iterator
 
 from vsqe.pqf.bitreader import BitReader, ParseError
 from vsqe.pqf.nal import NalUnit, unescape
-from vsqe.pqf.picture import PictureInfo
+from vsqe.pqf.picture import PictureInfo, poc_msb
 
 # Table 7-1 NAL unit types.
 NAL_NAMES = {
@@ -681,14 +681,7 @@ class HevcParser:
             msb = 0
             pic.warn("no previous TemporalId-0 picture; POC MSB assumed 0")
         else:
-            prev_lsb = self._prev_tid0_poc & (max_lsb - 1)
-            prev_msb = self._prev_tid0_poc - prev_lsb
-            if lsb < prev_lsb and prev_lsb - lsb >= max_lsb // 2:
-                msb = prev_msb + max_lsb
-            elif lsb > prev_lsb and lsb - prev_lsb > max_lsb // 2:
-                msb = prev_msb - max_lsb
-            else:
-                msb = prev_msb
+            msb = poc_msb(lsb, self._prev_tid0_poc, max_lsb)
         pic.poc = msb + lsb
         if not info.output:
             pic.output = False

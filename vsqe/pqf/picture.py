@@ -44,6 +44,17 @@ class PictureInfo:
             self.slice_qps.append(qp)
 
 
+def poc_msb(lsb: int, prev_tid0_poc: int, max_lsb: int) -> int:
+    """POC MSB from the previous TemporalId-0 picture's POC (H.265 8.3.1, H.266 8.3.1: same rule)."""
+    prev_lsb = prev_tid0_poc & (max_lsb - 1)
+    prev_msb = prev_tid0_poc - prev_lsb
+    if lsb < prev_lsb and prev_lsb - lsb >= max_lsb // 2:
+        return prev_msb + max_lsb
+    if lsb > prev_lsb and lsb - prev_lsb > max_lsb // 2:
+        return prev_msb - max_lsb
+    return prev_msb
+
+
 def assign_display_order(pictures: Iterable[PictureInfo], max_reorder: int = 16) -> Iterator[PictureInfo]:
     """Give every output picture its decoder output index, yielding pictures in display order.
 
