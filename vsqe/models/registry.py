@@ -6,7 +6,7 @@ vsqe/models that calls `register(ModelSpec(...))`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -16,7 +16,7 @@ from vsqe.errors import ModelError
 
 ColorKind = Literal["y", "rgb"]
 BorderRule = Literal["replicate", "reflection_circle"]
-TemporalKind = Literal["window", "recurrent"]
+TemporalKind = Literal["window", "recurrent", "pqf"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -34,6 +34,10 @@ class ModelSpec:
     [N, T, C, H, W] -> [N, T, C, scale*H, scale*W], any T >= 1; the pipeline cuts a clip into
     segments of `segment_length` output frames read with `segment_overlap` extra frames on each
     side (pipeline/segments.py). `radius` is unused for them.
+
+    PQF models (temporal="pqf", MFQEv2) take T = 3 frames (left PQF, frame, right PQF) chosen by
+    pipeline/pqf_schedule.py from per-frame PQF flags, and come as two checkpoints of one
+    architecture (non-PQF and PQF weights); `radius` is 1 (three inputs) but no window is formed.
     """
 
     name: str
@@ -69,7 +73,14 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
+# Bridge: models that must be PQF-scheduled but whose module does not declare temporal="pqf" yet
+# (vsqe/models/mfqev2.py needs the one-line `temporal="pqf"`; its owner adds it, then this goes).
+_PQF_PENDING_DECLARATION = frozenset({"mfqev2"})
+
+
 def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _PQF_PENDING_DECLARATION and spec.temporal == "window":
+        spec = replace(spec, temporal="pqf")
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} registered twice")
     _REGISTRY[spec.name] = spec

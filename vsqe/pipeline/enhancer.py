@@ -7,9 +7,16 @@ their outputs identical bit for bit.
 Recurrent models (spec.temporal == "recurrent", BasicVSR++) go through pipeline/segments.py
 instead: `enhance_stream` streams segments, `random_access` / `random_access_tensors` give the
 VapourSynth filter a segment cache; both run the same `enhance_segment*` per segment.
+
+PQF models (spec.temporal == "pqf", MFQEv2) take (left PQF, frame, right PQF) triplets chosen by
+pipeline/pqf_schedule.py: `enhance_stream(frames, pqf_flags)` streams through `schedule` (flags
+given, or found from each frame's slice QP with `stream_peak_flags`: the HM hook), and random
+access (VapourSynth) uses `triplet_for`; both end in `enhance_pqf_tensor`, which runs the PQF
+model on PQFs and the non-PQF model on the others.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -25,6 +32,13 @@ from vsqe.io.formats import (
     rgb_tensor_to_planes,
 )
 from vsqe.models import build_model
+from vsqe.pipeline.pqf_schedule import (
+    DEFAULT_STREAM_LOOKAHEAD,
+    QP_RADIUS,
+    flag_delay,
+    schedule,
+    stream_peak_flags,
+)
 from vsqe.pipeline.segments import SegmentCache, SegmentPlan, run_segment, stream_segments
 from vsqe.pipeline.tiles import run_tiled
 from vsqe.pipeline.window import sliding_windows
@@ -35,6 +49,8 @@ DEFAULT_TILE_PIXELS = 1280 * 720
 # Recurrent models hold ~100 B per pixel per segment frame (BasicVSR++ C64); frames above
 # DEFAULT_TILE_PIXELS run in tiles of at most this size (docs/basicvsrpp.md, memory).
 DEFAULT_SEGMENT_TILE = 720
+
+log = logging.getLogger("vsqe.pipeline")
 
 
 class Enhancer:
@@ -49,6 +65,8 @@ class Enhancer:
         require_weights: bool = True,
         segment_length: int | None = None,
         segment_overlap: int | None = None,
+        pqf_weights: str | None = None,
+        pqf_lookahead: int | None = None,
     ) -> None:
         self.module, self.spec, self.weights_path = build_model(model, weights, require_weights=require_weights)
         self.backend = create_backend(backend, self.module, threads=threads)
@@ -63,9 +81,45 @@ class Enhancer:
                 )
             except ValueError as exc:
                 raise ModelError(str(exc)) from None
+        elif segment_length is not None or segment_overlap is not None:
+            raise ModelError(f"model {model!r} is not a recurrent segment model: segment length/overlap do not apply")
+        self._init_pqf(model, backend, threads, require_weights, pqf_weights, pqf_lookahead)
         # One inference at a time: VapourSynth calls from several threads, and parallel forward
         # passes would multiply activation memory without adding speed on two cores.
         self._lock = threading.Lock()
+
+    def _init_pqf(
+        self,
+        model: str,
+        backend: str,
+        threads: int | None,
+        require_weights: bool,
+        pqf_weights: str | None,
+        pqf_lookahead: int | None,
+    ) -> None:
+        """The second network of a PQF model (PQF weights) and the look-ahead of its scheduler."""
+        self.pqf_backend = self.backend
+        self.pqf_weights_path: str | None = self.weights_path
+        self.pqf_lookahead = pqf_lookahead
+        self.pqf_weights_shared = False
+        if self.spec.temporal != "pqf":
+            if pqf_weights is not None or pqf_lookahead is not None:
+                raise ModelError(f"model {model!r} does not use PQFs: PQF weights and look-ahead do not apply")
+            return
+        if pqf_lookahead is not None and pqf_lookahead < 1:
+            raise ModelError(f"PQF look-ahead must be at least 1 frame, got {pqf_lookahead}")
+        if pqf_weights is None:
+            # PowerVQE trains a second (PQF) checkpoint; with one set of weights the non-PQF
+            # network enhances PQFs too: usable, but say so (once per enhancer).
+            self.pqf_weights_shared = True
+            log.warning(
+                "model %s: no PQF weights given; the %s weights enhance PQFs and non-PQFs alike",
+                model,
+                "untrained" if self.weights_path is None else "non-PQF",
+            )
+            return
+        pqf_module, _, self.pqf_weights_path = build_model(model, pqf_weights, require_weights=require_weights)
+        self.pqf_backend = create_backend(backend, pqf_module, threads=threads)
 
     @property
     def radius(self) -> int:
@@ -80,12 +134,15 @@ class Enhancer:
 
     def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """[N, T, C, H, W] float in [0, 1], any H, W -> [N, C, H, W] float (unclipped)."""
+        return self._run_window_model(self.backend, x)
+
+    def _run_window_model(self, backend, x: torch.Tensor) -> torch.Tensor:
         _, t, c, h, w = x.shape
         if t != self.spec.window:
             raise FormatError(f"model {self.spec.name!r} needs {self.spec.window} frames, got {t}")
         with self._lock:
             return run_tiled(
-                self.backend,
+                backend,
                 x,
                 multiple=self.spec.size_multiple,
                 min_size=self.spec.min_size,
@@ -97,6 +154,8 @@ class Enhancer:
         """Enhances the centre frame of `window` (2*radius+1 frames); chroma kept for Y models."""
         if self.segment_plan is not None:
             raise ModelError(f"model {self.spec.name!r} is recurrent: use enhance_stream or random_access")
+        if self.spec.temporal == "pqf":
+            raise ModelError(f"model {self.spec.name!r} is PQF-scheduled: use enhance_stream or enhance_pqf_triplet")
         centre = window[self.spec.radius]
         frames = list(window)
         if self.spec.color == "y":
@@ -107,8 +166,19 @@ class Enhancer:
             planes = rgb_tensor_to_planes(out[0], centre)
         return centre.with_planes(planes)
 
-    def enhance_stream(self, frames: Iterable[VideoFrame]) -> Iterator[VideoFrame]:
-        """Streams enhanced frames in display order; memory bounded by the window (or segment)."""
+    def enhance_stream(
+        self, frames: Iterable[VideoFrame], pqf_flags: Iterable[bool] | None = None
+    ) -> Iterator[VideoFrame]:
+        """Streams enhanced frames in display order; memory bounded by the window (or segment).
+
+        PQF models: `pqf_flags` are the frames' PQF flags in display order; None finds them from
+        each frame's slice QP (`frame.qp`, the HM hook) with `stream_peak_flags`.
+        """
+        if self.spec.temporal == "pqf":
+            yield from self.enhance_pqf_stream(frames, pqf_flags)
+            return
+        if pqf_flags is not None:
+            raise ModelError(f"model {self.spec.name!r} does not use PQFs")
         if self.segment_plan is not None:
             for _, out in stream_segments(frames, self.enhance_segment, self.segment_plan):
                 yield out
@@ -166,3 +236,65 @@ class Enhancer:
         if self.segment_plan is None:
             raise ModelError(f"model {self.spec.name!r} is not recurrent: use enhance_window")
         return self.segment_plan
+
+    # -- PQF models ---------------------------------------------------------------------------
+    def enhance_pqf_tensor(self, x: torch.Tensor, is_pqf: bool) -> torch.Tensor:
+        """[N, 3, C, H, W] (left PQF, frame, right PQF) in [0, 1] -> [N, C, H, W] (unclipped), by
+        the PQF network for a PQF and the non-PQF network otherwise (PowerVQE's testing scheme)."""
+        return self._run_window_model(self.pqf_backend if is_pqf else self.backend, x)
+
+    def enhance_pqf_triplet(self, left: VideoFrame, frame: VideoFrame, right: VideoFrame, is_pqf: bool) -> VideoFrame:
+        """Enhances `frame` from its two reference frames (YUV in, YUV out: RGB models convert)."""
+        if self.spec.color == "y":
+            out = self.enhance_pqf_tensor(frames_to_luma_tensor([left, frame, right]), is_pqf)
+            return frame.with_planes([float_to_plane(out[0, 0], frame.fmt), *frame.planes[1:]])
+        out = self.enhance_pqf_tensor(frames_to_rgb_tensor([left, frame, right]), is_pqf)
+        return frame.with_planes(rgb_tensor_to_planes(out[0], frame))
+
+    @property
+    def pqf_stream_lookahead(self) -> int:
+        """The look-ahead of a stream whose flags are not known up front (the HM hook)."""
+        return self.pqf_lookahead if self.pqf_lookahead is not None else DEFAULT_STREAM_LOOKAHEAD
+
+    @property
+    def pqf_stream_delay(self) -> int:
+        """Frames a stream holds back when flags come from slice QPs: the flag rule's delay (the
+        plateau cap plus the QP radius) plus the scheduler's look-ahead."""
+        return flag_delay(QP_RADIUS) + self.pqf_stream_lookahead
+
+    def enhance_pqf_stream(
+        self, frames: Iterable[VideoFrame], pqf_flags: Iterable[bool] | None = None
+    ) -> Iterator[VideoFrame]:
+        """PQF-scheduled frames in display order, delay bounded by the look-ahead (docs/mfqev2.md).
+
+        With `pqf_flags` the look-ahead is `pqf_lookahead` (the caller's default_lookahead);
+        without, the flags come from `frame.qp` (lower = better) and the look-ahead is
+        `pqf_stream_lookahead`.
+        """
+        if pqf_flags is None:
+            lookahead = self.pqf_stream_lookahead
+            flagged: Iterable[tuple[VideoFrame, bool]] = stream_peak_flags(
+                (f, -float(_known_qp(f))) for f in frames
+            )
+        else:
+            lookahead = self.pqf_lookahead if self.pqf_lookahead is not None else DEFAULT_STREAM_LOOKAHEAD
+            flagged = _zip_flags(frames, pqf_flags)
+        for frame, left, right, is_pqf in schedule(flagged, lookahead):
+            yield self.enhance_pqf_triplet(left, frame, right, is_pqf)
+
+
+def _known_qp(frame: VideoFrame) -> int:
+    if frame.qp is None:
+        raise FormatError(f"frame {frame.index}: slice QP unknown; PQFs from QPs need every picture's QP")
+    return frame.qp
+
+
+def _zip_flags(frames: Iterable[VideoFrame], flags: Iterable[bool]) -> Iterator[tuple[VideoFrame, bool]]:
+    """Pairs frames with their flags; running out of flags is an error (they were misaligned)."""
+    it = iter(flags)
+    for frame in frames:
+        try:
+            flag = next(it)
+        except StopIteration:
+            raise FormatError(f"frame {frame.index}: no PQF flag (more frames decoded than flags)") from None
+        yield frame, bool(flag)

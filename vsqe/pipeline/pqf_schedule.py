@@ -116,3 +116,97 @@ def schedule(
     # right reference (PowerVQE's end rule).
     while window:
         yield emit_front(window[0][1])
+
+
+# --- PQF flags, shared by every front end ------------------------------------------------------
+#
+# vsqe.pqf.detect.peak_flags judges a plateau (a run of equal values) by the frames after its end,
+# so a long plateau (constant QP, all-intra at one QP) would need unbounded look-ahead in a stream.
+# The front ends that feed the scheduler (vsqe run, the VapourSynth filter, the HM hook) therefore
+# all use `bounded_peak_flags` / `stream_peak_flags`: the same rule, except that a plateau longer
+# than `PLATEAU_CAP` frames is judged on what precedes it only (as if the clip ended inside it).
+# It equals peak_flags whenever no plateau exceeds the cap (every shared test stream) and also on
+# a clip that is one long plateau (frame 0 is the PQF in both). The flag of frame n is then known
+# once frame n + PLATEAU_CAP - 1 + radius has been read (`flag_delay`).
+
+QP_RADIUS = 2  # vsqe.pqf.detect.QP_RADIUS: the QP and estimator rule
+PLATEAU_CAP = 4
+# Look-ahead of the streaming front ends that cannot see the flags before they start (the HM hook,
+# y4m on stdin): 2 x the PQF period of HM's low-delay GOP 4 (what default_lookahead gives there).
+DEFAULT_STREAM_LOOKAHEAD = 8
+
+
+def flag_delay(radius: int = QP_RADIUS, cap: int = PLATEAU_CAP) -> int:
+    """Frames after frame n that `stream_peak_flags` may need before it knows n's flag."""
+    return cap - 1 + radius
+
+
+def bounded_peak_flags(values: Sequence[float], radius: int = QP_RADIUS, cap: int = PLATEAU_CAP) -> list[bool]:
+    """peak_flags (higher = better) with the plateau cap above; what `stream_peak_flags` yields."""
+    if radius < 1 or cap < 1:
+        raise ValueError("radius and cap must be at least 1")
+    n = len(values)
+    flags = [False] * n
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and values[j + 1] == values[i]:
+            j += 1
+        left = values[max(0, i - radius) : i]
+        right = values[j + 1 : j + 1 + radius] if j - i + 1 <= cap else []
+        flags[i] = all(v < values[i] for v in left) and all(v < values[i] for v in right)
+        i = j + 1
+    return flags
+
+
+def stream_peak_flags(
+    items: Iterable[tuple[T, float]], radius: int = QP_RADIUS, cap: int = PLATEAU_CAP
+) -> Iterator[tuple[T, bool]]:
+    """(item, value) in display order -> (item, is_pqf) in display order, = bounded_peak_flags.
+
+    Holds at most flag_delay(radius, cap) + 1 items: the flag of item n is yielded as soon as
+    item n + flag_delay has been read (or the input ended).
+    """
+    if radius < 1 or cap < 1:
+        raise ValueError("radius and cap must be at least 1")
+    pending: deque[tuple[T, float]] = deque()  # read, flag not yet yielded
+    before: deque[float] = deque(maxlen=radius)  # values of the last `radius` yielded items
+
+    def decide(ended: bool) -> bool | None:
+        """The flag of pending[0], or None while it needs more input."""
+        v = pending[0][1]
+        if before and before[-1] == v:
+            return False  # inside a plateau: only its first frame can be the PQF
+        run = 1
+        while run < len(pending) and pending[run][1] == v:
+            run += 1
+        left_ok = all(b < v for b in before)
+        if run > cap:
+            return left_ok
+        after = [p[1] for p in list(pending)[run : run + radius]]
+        if run == len(pending) or len(after) < radius:
+            if not ended:
+                return None  # the plateau may go on, or its right side is not read yet
+        return left_ok and all(a < v for a in after)
+
+    def drain(ended: bool) -> Iterator[tuple[T, bool]]:
+        while pending:
+            flag = decide(ended)
+            if flag is None:
+                return
+            item, v = pending.popleft()
+            before.append(v)
+            yield item, flag
+
+    for item, value in items:
+        pending.append((item, float(value)))
+        yield from drain(False)
+    item = None  # the loop variable would keep the newest item alive
+    yield from drain(True)
+
+
+def flags_every(count: int, period: int) -> list[bool]:
+    """PowerVQE's fixed rule: frames 0, period, 2*period, ... are PQFs."""
+    if period < 1:
+        raise ValueError(f"the PQF period must be at least 1, got {period}")
+    return [i % period == 0 for i in range(count)]
