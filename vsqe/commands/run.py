@@ -34,6 +34,18 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _pqf_mode(text: str) -> str:
+    if text in ("auto", "qp", "estimate"):
+        return text
+    from vsqe.pipeline.pqf_schedule import parse_every
+
+    try:
+        parse_every(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, qp, estimate or every:N (N >= 1), got {text!r}") from None
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vsqe.io.encode import CODECS, DEFAULT_CRF, DEFAULT_PRESET
 
@@ -58,6 +70,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--tile", type=_positive, metavar="N", help="process frames in N x N tiles (bounds memory)")
     m.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap in pixels (default: %(default)s)")
     m.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for inference")
+    m.add_argument("--segment-length", type=int, metavar="N",
+                   help="recurrent models (basicvsrpp): output frames per segment (default: the model's)")
+    m.add_argument("--segment-overlap", type=int, metavar="N",
+                   help="recurrent models: context frames read on each side of a segment (default: the model's)")
+    f = p.add_argument_group("PQF models (mfqev2; docs/mfqev2.md)")
+    f.add_argument("--pqf", type=_pqf_mode, metavar="{auto,qp,estimate,every:N}",
+                   help="where the peak-quality frames come from: slice-header QPs of the input (qp), the "
+                        "no-reference estimator (estimate), every N-th frame (every:N, PowerVQE), or auto = qp "
+                        "when the input's slice headers parse, else estimate (default: auto)")
+    f.add_argument("--pqf-lookahead", type=int, metavar="N",
+                   help="frames the scheduler waits for the next PQF (default: 2x the median PQF gap, at least 4)")
+    f.add_argument("--pqf-weights", metavar="FILE",
+                   help="weights of the PQF model (default: --weights enhance PQFs too)")
     e = p.add_argument_group("encoding")
     e.add_argument("--codec", choices=list(CODECS), help="output codec (default: from the output extension)")
     q = e.add_mutually_exclusive_group()
@@ -91,6 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
         log.info("input %s: %s", args.input, info.describe())
         check_output_path(args.output, [args.input])
         enhancer = _build_enhancer(args)
+        pqf = _pqf_plan(args, enhancer)
         settings = EncodeSettings(
             codec=plan.codec, crf=args.crf, qp=args.qp, preset=args.preset, options=dict(args.codec_opt)
         )
@@ -103,7 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
         quiet = getattr(args, "quiet", False)
         start = time.monotonic()
         with writer:
-            done = _pump(reader, enhancer, writer, total, args.frames, progress=not (args.no_progress or quiet))
+            done = _pump(reader, enhancer, writer, total, args.frames, progress=not (args.no_progress or quiet), pqf=pqf)
         seconds = time.monotonic() - start
     finally:
         reader.close()
@@ -119,9 +145,33 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Options of one model kind given for another: one line, exit 2, before any model loads."""
+    from vsqe.errors import ModelError
+    from vsqe.models import get_model_spec
+
+    spec = get_model_spec(args.model)
+    given = lambda *names: [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]  # noqa: E731
+    if spec.temporal != "pqf" and given("pqf", "pqf_lookahead", "pqf_weights"):
+        raise ModelError(f"{', '.join(given('pqf', 'pqf_lookahead', 'pqf_weights'))}: model {args.model!r} does not use PQFs (PQF models: mfqev2)")
+    if spec.temporal != "recurrent" and given("segment_length", "segment_overlap"):
+        raise ModelError(
+            f"{', '.join(given('segment_length', 'segment_overlap'))}: model {args.model!r} is not a recurrent segment model (basicvsrpp)"
+        )
+    if args.segment_length is not None and args.segment_length < 1:
+        raise ModelError(f"--segment-length must be at least 1, got {args.segment_length}")
+    if args.segment_overlap is not None and args.segment_overlap < 0:
+        raise ModelError(f"--segment-overlap must be at least 0, got {args.segment_overlap}")
+    if args.pqf_lookahead is not None and args.pqf_lookahead < 1:
+        raise ModelError(f"--pqf-lookahead must be at least 1, got {args.pqf_lookahead}")
+    if args.pqf == "qp" and args.input == "-":
+        raise ModelError("--pqf qp needs the input bitstream: stdin carries decoded y4m frames (use estimate or every:N)")
+
+
 def _build_enhancer(args: argparse.Namespace):
     from vsqe.pipeline.enhancer import Enhancer
 
+    _check_model_options(args)
     enhancer = Enhancer(
         model=args.model,
         weights=args.weights,
@@ -130,6 +180,10 @@ def _build_enhancer(args: argparse.Namespace):
         overlap=args.overlap,
         threads=args.threads,
         require_weights=not args.allow_untrained,
+        segment_length=args.segment_length,
+        segment_overlap=args.segment_overlap,
+        pqf_weights=args.pqf_weights,
+        pqf_lookahead=args.pqf_lookahead,
     )
     if enhancer.weights_path is None:
         log.warning(
@@ -142,7 +196,85 @@ def _build_enhancer(args: argparse.Namespace):
     return enhancer
 
 
-def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progress: bool) -> int:
+class _PqfPlan:
+    """The PQF flags of the frames `vsqe run` will decode (or a per-frame score, for stdin)."""
+
+    def __init__(self, flags: list[bool] | None, lookahead: int, source: str, score=None, flags_iter=None) -> None:
+        self.flags = flags
+        self.flags_iter = flags_iter
+        self.lookahead = lookahead
+        self.source = source
+        self.score = score
+
+
+def _pqf_plan(args: argparse.Namespace, enhancer) -> _PqfPlan | None:
+    """Flags in display order, aligned with the frames PyAV decodes (checked by counting them)."""
+    if enhancer.spec.temporal != "pqf":
+        return None
+    from vsqe.pipeline import pqf_schedule as ps
+
+    mode = args.pqf or "auto"
+    if args.input == "-":
+        # Decoded frames only, read once: flags found on the fly from each frame's estimate.
+        if mode.startswith("every:"):
+            period = ps.parse_every(mode)
+            # An endless flag sequence: the rule needs no look at the frames.
+            endless = (i % period == 0 for i in itertools.count())
+            return _with_lookahead(args, enhancer, _PqfPlan(None, 2 * period, f"every {period}", flags_iter=endless))
+        log.warning("stdin: no bitstream to read slice QPs from; PQFs from the no-reference estimator")
+        return _with_lookahead(args, enhancer, _PqfPlan(None, ps.DEFAULT_STREAM_LOOKAHEAD, "estimate", _estimate_score))
+    count = _decoded_count(args.input, args.frames)
+    if mode.startswith("every:"):
+        period = ps.parse_every(mode)
+        return _with_lookahead(args, enhancer, _PqfPlan(ps.flags_every(count, period), 0, f"every {period}"))
+    if mode in ("auto", "qp"):
+        try:
+            qps = ps.bitstream_qps(args.input, args.frames)
+            if len(qps) != count:
+                raise ps.PqfUnavailable(
+                    f"the slice headers give {len(qps)} output frames, the decoder {count}; frames would not line up"
+                )
+            return _with_lookahead(args, enhancer, _PqfPlan(ps.qp_flags(qps), 0, "slice QPs"))
+        except ps.PqfUnavailable as exc:
+            log.warning("%s: %s; PQFs from the no-reference estimator instead", args.input, exc)
+    return _with_lookahead(args, enhancer, _PqfPlan(ps.score_flags(_file_scores(args.input, args.frames)), 0, "estimate"))
+
+
+def _with_lookahead(args: argparse.Namespace, enhancer, plan: _PqfPlan) -> _PqfPlan:
+    from vsqe.pipeline.pqf_schedule import default_lookahead
+
+    if args.pqf_lookahead is not None:
+        plan.lookahead = args.pqf_lookahead
+    elif plan.flags is not None:
+        plan.lookahead = default_lookahead(plan.flags)
+    enhancer.pqf_lookahead = plan.lookahead
+    if plan.flags is not None:
+        pqfs = [i for i, f in enumerate(plan.flags) if f]
+        shown = ", ".join(map(str, pqfs[:12])) + (", ..." if len(pqfs) > 12 else "")
+        log.info("PQFs from %s: %d of %d frames [%s], look-ahead %d", plan.source, len(pqfs), len(plan.flags), shown, plan.lookahead)
+    return plan
+
+
+def _decoded_count(path: str, limit: int | None) -> int:
+    """Frames PyAV decodes from `path` (at most `limit`): what the QP list must line up with."""
+    from vsqe.pqf.estimator import decode_luma
+
+    return sum(1 for _ in decode_luma(path, max_frames=limit))
+
+
+def _file_scores(path: str, limit: int | None) -> list[float]:
+    from vsqe.pqf.estimator import decode_luma, frame_score
+
+    return [frame_score(plane.astype("float64") / ((1 << depth) - 1)) for plane, depth in decode_luma(path, max_frames=limit)]
+
+
+def _estimate_score(frame) -> float:
+    from vsqe.pqf.estimator import frame_score
+
+    return frame_score(frame.planes[0].astype("float64") / frame.fmt.peak)
+
+
+def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progress: bool, pqf=None) -> int:
     """Runs the three stages; returns the number of frames written."""
     from vsqe.io.threads import ReadAhead, WriteBehind
     from vsqe.progress import Progress
@@ -152,7 +284,12 @@ def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progre
     sink = WriteBehind(writer.write, depth=_QUEUE_DEPTH, name="vsqe-encode")
     bar = Progress(total, enabled=progress)
     try:
-        for frame in enhancer.enhance_stream(source):
+        if pqf is None:
+            stream = enhancer.enhance_stream(source)
+        else:
+            flags = pqf.flags if pqf.flags is not None else pqf.flags_iter
+            stream = enhancer.enhance_stream(source, pqf_flags=flags, pqf_score=pqf.score)
+        for frame in stream:
             sink.put(frame)
             bar.update()
         sink.finish()

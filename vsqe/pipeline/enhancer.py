@@ -167,17 +167,21 @@ class Enhancer:
         return centre.with_planes(planes)
 
     def enhance_stream(
-        self, frames: Iterable[VideoFrame], pqf_flags: Iterable[bool] | None = None
+        self,
+        frames: Iterable[VideoFrame],
+        pqf_flags: Iterable[bool] | None = None,
+        pqf_score: Callable[[VideoFrame], float] | None = None,
     ) -> Iterator[VideoFrame]:
         """Streams enhanced frames in display order; memory bounded by the window (or segment).
 
-        PQF models: `pqf_flags` are the frames' PQF flags in display order; None finds them from
-        each frame's slice QP (`frame.qp`, the HM hook) with `stream_peak_flags`.
+        PQF models: `pqf_flags` are the frames' PQF flags in display order; without them the
+        flags are found on the fly (`stream_peak_flags`) from `pqf_score(frame)` (higher =
+        better), by default minus the frame's slice QP (`frame.qp`: the HM hook).
         """
         if self.spec.temporal == "pqf":
-            yield from self.enhance_pqf_stream(frames, pqf_flags)
+            yield from self.enhance_pqf_stream(frames, pqf_flags, pqf_score)
             return
-        if pqf_flags is not None:
+        if pqf_flags is not None or pqf_score is not None:
             raise ModelError(f"model {self.spec.name!r} does not use PQFs")
         if self.segment_plan is not None:
             for _, out in stream_segments(frames, self.enhance_segment, self.segment_plan):
@@ -263,19 +267,21 @@ class Enhancer:
         return flag_delay(QP_RADIUS) + self.pqf_stream_lookahead
 
     def enhance_pqf_stream(
-        self, frames: Iterable[VideoFrame], pqf_flags: Iterable[bool] | None = None
+        self,
+        frames: Iterable[VideoFrame],
+        pqf_flags: Iterable[bool] | None = None,
+        pqf_score: Callable[[VideoFrame], float] | None = None,
     ) -> Iterator[VideoFrame]:
         """PQF-scheduled frames in display order, delay bounded by the look-ahead (docs/mfqev2.md).
 
         With `pqf_flags` the look-ahead is `pqf_lookahead` (the caller's default_lookahead);
-        without, the flags come from `frame.qp` (lower = better) and the look-ahead is
-        `pqf_stream_lookahead`.
+        without, the flags come from `pqf_score` (default: minus `frame.qp`) and the look-ahead
+        is `pqf_stream_lookahead`.
         """
         if pqf_flags is None:
+            score = pqf_score or _qp_score
             lookahead = self.pqf_stream_lookahead
-            flagged: Iterable[tuple[VideoFrame, bool]] = stream_peak_flags(
-                (f, -float(_known_qp(f))) for f in frames
-            )
+            flagged: Iterable[tuple[VideoFrame, bool]] = stream_peak_flags((f, score(f)) for f in frames)
         else:
             lookahead = self.pqf_lookahead if self.pqf_lookahead is not None else DEFAULT_STREAM_LOOKAHEAD
             flagged = _zip_flags(frames, pqf_flags)
@@ -283,10 +289,10 @@ class Enhancer:
             yield self.enhance_pqf_triplet(left, frame, right, is_pqf)
 
 
-def _known_qp(frame: VideoFrame) -> int:
+def _qp_score(frame: VideoFrame) -> float:
     if frame.qp is None:
         raise FormatError(f"frame {frame.index}: slice QP unknown; PQFs from QPs need every picture's QP")
-    return frame.qp
+    return -float(frame.qp)
 
 
 def _zip_flags(frames: Iterable[VideoFrame], flags: Iterable[bool]) -> Iterator[tuple[VideoFrame, bool]]:

@@ -210,3 +210,56 @@ def flags_every(count: int, period: int) -> list[bool]:
     if period < 1:
         raise ValueError(f"the PQF period must be at least 1, got {period}")
     return [i % period == 0 for i in range(count)]
+
+
+# --- where the flags come from (vsqe run, the VapourSynth filter) ------------------------------
+
+
+class PqfUnavailable(Exception):
+    """Slice-header QPs cannot give this clip's PQF flags; the message says why in one line."""
+
+
+def parse_every(text: str) -> int:
+    """The N of `every:N` (PowerVQE's fixed period), or ValueError."""
+    head, sep, tail = text.partition(":")
+    if head != "every" or not sep or not tail.isdigit() or int(tail) < 1:
+        raise ValueError(f"expected every:N with N >= 1, got {text!r}")
+    return int(tail)
+
+
+def bitstream_qps(path: str, count: int | None = None) -> list[int]:
+    """Slice QPs of the first `count` output frames (all when None) of a raw H.264/HEVC/VVC
+    stream or a container holding one, in display order; PqfUnavailable names the first frame
+    whose QP is unknown, or says why the file gives none. InputError for a missing file."""
+    import logging
+
+    from vsqe.errors import FormatError
+    from vsqe.pqf.stream import display_pictures, read_pictures
+
+    # The parser warns once per unreadable picture; the caller reports the first one, once.
+    pqf_log = logging.getLogger("vsqe.pqf")
+    level = pqf_log.level
+    pqf_log.setLevel(logging.ERROR)
+    try:
+        pictures = display_pictures(read_pictures(path))
+    except FormatError as exc:
+        raise PqfUnavailable(f"no slice QPs: {exc}") from None
+    finally:
+        pqf_log.setLevel(level)
+    if count is not None:
+        pictures = pictures[:count]
+    for i, pic in enumerate(pictures):
+        if pic.qp is None:
+            why = f" ({pic.warnings[0]})" if pic.warnings else ""
+            raise PqfUnavailable(f"frame {i} (display order): slice QP unknown{why}")
+    return [int(p.qp) for p in pictures]  # type: ignore[arg-type]
+
+
+def qp_flags(qps: Sequence[int]) -> list[bool]:
+    """PQF flags from slice QPs (lower = better) by the bounded rule every front end uses."""
+    return bounded_peak_flags([-float(q) for q in qps], QP_RADIUS)
+
+
+def score_flags(scores: Sequence[float]) -> list[bool]:
+    """PQF flags from a no-reference quality estimate (higher = better), same rule."""
+    return bounded_peak_flags(list(scores), QP_RADIUS)
