@@ -10,6 +10,14 @@ Recurrent models (BasicVSR++) run in segments (pipeline/segments.py): frame n is
 enhancer's segment cache, which computes segment n // L once, reading its frames with
 `clip.get_frame` inside the callback, and keeps the last two segments.
 
+PQF models (MFQEv2) take their PQF flags at evaluation time: from the slice QPs of the bitstream
+the clip was decoded from (`pqf_source`), from the no-reference estimator, or every N frames.
+Frame n is then enhanced from the (left, right) references that `pqf_schedule.triplet_for` names,
+the pairing `vsqe run` streams with `schedule`, through the same `Enhancer.enhance_pqf_tensor`.
+
+Clips shorter than a model's temporal window replicate their edge frames, as `vsqe run` and the
+HM hook do (`window_indices`): one rule for every front end.
+
 Logs go to stderr: under vspipe, stdout is the y4m pipe.
 """
 from __future__ import annotations
@@ -28,7 +36,7 @@ from vsqe.pipeline.window import window_indices
 
 log = logging.getLogger("vsqe.vs")
 
-__all__ = ["enhance", "stdf", "basicvsrpp"]
+__all__ = ["enhance", "stdf", "basicvsrpp", "mfqev2"]
 
 # Preset ids, compared by value: format names differ in case between versions ("Gray8").
 _Y_FORMATS = {vs.YUV420P8: "YUV420P8", vs.YUV420P10: "YUV420P10", vs.YUV420P16: "YUV420P16",
@@ -74,15 +82,24 @@ def enhance(
     allow_untrained: bool = False,
     segment_length: int | None = None,
     segment_overlap: int | None = None,
+    pqf: str | None = None,
+    pqf_source: str | None = None,
+    pqf_lookahead: int | None = None,
+    pqf_weights: str | None = None,
 ) -> vs.VideoNode:
     """Enhances `clip` with a vsqe model; same format, size, length and frame properties.
 
     Y models take YUV420P8/P10/P16 and GRAY8/10/16 (chroma passes through untouched); RGB models
     take RGBS/RGBH. `tiles` is the tile size in pixels (None: automatic by frame size), `overlap`
     the tile overlap (default 64). Recurrent models (BasicVSR++) take `segment_length` and
-    `segment_overlap` (defaults from the model). All checks run here, at script evaluation time.
+    `segment_overlap` (defaults from the model). PQF models (MFQEv2) take `pqf` ("auto", "qp",
+    "estimate" or "every:N"; auto = qp when `pqf_source` is given, else estimate), `pqf_source`
+    (the bitstream the clip was decoded from; frame n of the clip must be its output frame n),
+    `pqf_lookahead` and `pqf_weights` (docs/mfqev2.md). All checks run here, at script evaluation
+    time.
     """
     try:
+        _check_model_options(model, segment_length, segment_overlap, pqf, pqf_source)
         enhancer = Enhancer(
             model,
             weights=weights,
@@ -93,6 +110,8 @@ def enhance(
             require_weights=not allow_untrained,
             segment_length=segment_length,
             segment_overlap=segment_overlap,
+            pqf_weights=pqf_weights,
+            pqf_lookahead=pqf_lookahead,
         )
     except VsqeError as exc:
         raise vs.Error(f"vsqe: {exc}") from None
@@ -111,10 +130,8 @@ def enhance(
         )
     if spec.temporal == "recurrent":
         return _enhance_recurrent(clip, enhancer)
-    if clip.num_frames < spec.window:
-        raise vs.Error(
-            f"vsqe: clip has {clip.num_frames} frames; model {model!r} needs at least {spec.window} (its temporal window)"
-        )
+    if spec.temporal == "pqf":
+        return _enhance_pqf(clip, enhancer, pqf or "auto", pqf_source)
 
     length = clip.num_frames
     radius = spec.radius
@@ -141,6 +158,91 @@ def enhance(
         return out
 
     return clip.std.ModifyFrame(clips=neighbours, selector=enhance_frame)
+
+
+def _check_model_options(
+    model: str, segment_length: int | None, segment_overlap: int | None, pqf: str | None, pqf_source: str | None
+) -> None:
+    from vsqe.errors import ModelError
+    from vsqe.models import get_model_spec
+    from vsqe.pipeline.pqf_schedule import parse_every
+
+    spec = get_model_spec(model)
+    if spec.temporal != "pqf" and (pqf is not None or pqf_source is not None):
+        raise ModelError(f"model {model!r} does not use PQFs: pqf and pqf_source do not apply")
+    if pqf is not None and pqf not in ("auto", "qp", "estimate"):
+        try:
+            parse_every(pqf)
+        except ValueError:
+            raise ModelError(f"pqf must be auto, qp, estimate or every:N (N >= 1), got {pqf!r}") from None
+    if pqf == "qp" and pqf_source is None:
+        raise ModelError("pqf='qp' needs pqf_source, the bitstream the clip was decoded from")
+
+
+def _rgb_tensor(frame: vs.VideoFrame) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(frame[p], dtype=np.float32) for p in range(3)]))
+
+
+def _pqf_flags(clip: vs.VideoNode, mode: str, source: str | None) -> tuple[list[bool], str]:
+    """The clip's PQF flags, computed once here at evaluation time; (flags, where from)."""
+    from vsqe.pipeline import pqf_schedule as ps
+
+    length = clip.num_frames
+    if mode.startswith("every:"):
+        period = ps.parse_every(mode)
+        return ps.flags_every(length, period), f"every {period}"
+    if mode in ("auto", "qp") and source is not None:
+        try:
+            qps = ps.bitstream_qps(source)
+            if len(qps) < length:
+                raise ps.PqfUnavailable(f"its slice headers give {len(qps)} output frames, the clip has {length}")
+            return ps.qp_flags(qps[:length]), "slice QPs"
+        except ps.PqfUnavailable as exc:
+            print(f"vsqe: WARNING: {source}: {exc}; PQFs from the no-reference estimator instead", file=sys.stderr)
+    return ps.score_flags([_frame_score(clip.get_frame(n)) for n in range(length)]), "estimate"
+
+
+def _frame_score(frame: vs.VideoFrame) -> float:
+    """The estimator on the frame's luma: BT.601 Y of the RGB samples, put on the limited-range
+    scale that `vsqe run` scores (its decoded Y plane / peak), so flags agree up to rounding."""
+    from vsqe.pqf.estimator import frame_score
+
+    r, g, b = (np.asarray(frame[p], dtype=np.float64) for p in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return frame_score((16.0 + 219.0 * np.clip(y, 0.0, 1.0)) / 255.0)
+
+
+def _enhance_pqf(clip: vs.VideoNode, enhancer: Enhancer, mode: str, source: str | None) -> vs.VideoNode:
+    """RGBS/RGBH, frame n from (left, n, right) = triplet_for(n): the pairing of `vsqe run`.
+
+    Flags (and estimator scores) are computed up front: the left reference of frame n is the last
+    PQF before n, however far back, so random access to any frame needs the flags of all earlier
+    ones anyway, and a score costs milliseconds next to the model's seconds. The references are
+    fetched inside the frame callback (no spliced index clips: those would take one piece per frame).
+    """
+    from vsqe.pipeline.pqf_schedule import default_lookahead, triplet_for
+
+    flags, where = _pqf_flags(clip, mode, source)
+    lookahead = enhancer.pqf_lookahead if enhancer.pqf_lookahead is not None else default_lookahead(flags)
+    refs = [triplet_for(n, flags, lookahead) for n in range(clip.num_frames)]
+    pqfs = [n for n, f in enumerate(flags) if f]
+    log.info("vsqe: PQFs from %s: %s, look-ahead %d", where, pqfs, lookahead)
+
+    def enhance_frame(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        left, right = refs[n]
+        centre = _rgb_tensor(f)
+        triplet = [
+            centre if left == n else _rgb_tensor(clip.get_frame(left)),
+            centre,
+            centre if right == n else _rgb_tensor(clip.get_frame(right)),
+        ]
+        rgb = enhancer.enhance_pqf_tensor(torch.stack(triplet).unsqueeze(0), flags[n])[0].clamp_(0, 1).numpy()
+        out = f.copy()  # keeps the frame's properties
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), rgb[p].astype(np.asarray(out[p]).dtype))
+        return out
+
+    return clip.std.ModifyFrame(clips=clip, selector=enhance_frame)
 
 
 def _enhance_recurrent(clip: vs.VideoNode, enhancer: Enhancer) -> vs.VideoNode:
@@ -179,3 +281,8 @@ def stdf(clip: vs.VideoNode, **kwargs) -> vs.VideoNode:
 def basicvsrpp(clip: vs.VideoNode, **kwargs) -> vs.VideoNode:
     """BasicVSR++ QE (RGBS/RGBH); keywords as for `enhance`."""
     return enhance(clip, model="basicvsrpp", **kwargs)
+
+
+def mfqev2(clip: vs.VideoNode, **kwargs) -> vs.VideoNode:
+    """MFQEv2 (RGBS/RGBH) with PQF scheduling; keywords as for `enhance` (pqf, pqf_source, ...)."""
+    return enhance(clip, model="mfqev2", **kwargs)
