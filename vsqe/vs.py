@@ -195,10 +195,10 @@ def _pqf_flags(clip: vs.VideoNode, mode: str, source: str | None) -> tuple[list[
         try:
             qps = ps.bitstream_qps(source)
             if len(qps) < length:
-                raise ps.PqfUnavailable(f"its slice headers give {len(qps)} output frames, the clip has {length}")
+                raise ps.PqfUnavailable(f"{source}: its slice headers give {len(qps)} output frames, the clip has {length}")
             return ps.qp_flags(qps[:length]), "slice QPs"
         except ps.PqfUnavailable as exc:
-            print(f"vsqe: WARNING: {source}: {exc}; PQFs from the no-reference estimator instead", file=sys.stderr)
+            print(f"vsqe: WARNING: {exc}; PQFs from the no-reference estimator instead", file=sys.stderr)
     return ps.score_flags([_frame_score(clip.get_frame(n)) for n in range(length)]), "estimate"
 
 

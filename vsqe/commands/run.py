@@ -110,6 +110,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # Every check that can fail runs before the output file exists: input, output, model, encoder.
     plan = plan_output(args.output, args.codec)
+    _check_model_options(args)
     reader = open_video(args.input)
     try:
         info = reader.info
@@ -171,7 +172,6 @@ def _check_model_options(args: argparse.Namespace) -> None:
 def _build_enhancer(args: argparse.Namespace):
     from vsqe.pipeline.enhancer import Enhancer
 
-    _check_model_options(args)
     enhancer = Enhancer(
         model=args.model,
         weights=args.weights,
@@ -232,11 +232,12 @@ def _pqf_plan(args: argparse.Namespace, enhancer) -> _PqfPlan | None:
             qps = ps.bitstream_qps(args.input, args.frames)
             if len(qps) != count:
                 raise ps.PqfUnavailable(
-                    f"the slice headers give {len(qps)} output frames, the decoder {count}; frames would not line up"
+                    f"{args.input}: the slice headers give {len(qps)} output frames, the decoder {count}; "
+                    "the QPs would not line up with the frames"
                 )
             return _with_lookahead(args, enhancer, _PqfPlan(ps.qp_flags(qps), 0, "slice QPs"))
         except ps.PqfUnavailable as exc:
-            log.warning("%s: %s; PQFs from the no-reference estimator instead", args.input, exc)
+            log.warning("%s; PQFs from the no-reference estimator instead", exc)
     return _with_lookahead(args, enhancer, _PqfPlan(ps.score_flags(_file_scores(args.input, args.frames)), 0, "estimate"))
 
 

@@ -243,7 +243,7 @@ def bitstream_qps(path: str, count: int | None = None) -> list[int]:
     try:
         pictures = display_pictures(read_pictures(path))
     except FormatError as exc:
-        raise PqfUnavailable(f"no slice QPs: {exc}") from None
+        raise PqfUnavailable(f"no slice QPs ({exc})") from None
     finally:
         pqf_log.setLevel(level)
     if count is not None:
@@ -251,7 +251,7 @@ def bitstream_qps(path: str, count: int | None = None) -> list[int]:
     for i, pic in enumerate(pictures):
         if pic.qp is None:
             why = f" ({pic.warnings[0]})" if pic.warnings else ""
-            raise PqfUnavailable(f"frame {i} (display order): slice QP unknown{why}")
+            raise PqfUnavailable(f"{path}: frame {i} (display order): slice QP unknown{why}")
     return [int(p.qp) for p in pictures]  # type: ignore[arg-type]
 
 
