@@ -99,7 +99,7 @@ def enhance(
     time.
     """
     try:
-        _check_model_options(model, segment_length, segment_overlap, pqf, pqf_source)
+        _check_model_options(model, pqf, pqf_source)
         enhancer = Enhancer(
             model,
             weights=weights,
@@ -160,9 +160,7 @@ def enhance(
     return clip.std.ModifyFrame(clips=neighbours, selector=enhance_frame)
 
 
-def _check_model_options(
-    model: str, segment_length: int | None, segment_overlap: int | None, pqf: str | None, pqf_source: str | None
-) -> None:
+def _check_model_options(model: str, pqf: str | None, pqf_source: str | None) -> None:
     from vsqe.errors import ModelError
     from vsqe.models import get_model_spec
     from vsqe.pipeline.pqf_schedule import parse_every
@@ -236,7 +234,7 @@ def _enhance_pqf(clip: vs.VideoNode, enhancer: Enhancer, mode: str, source: str 
             centre,
             centre if right == n else _rgb_tensor(clip.get_frame(right)),
         ]
-        rgb = enhancer.enhance_pqf_tensor(torch.stack(triplet).unsqueeze(0), flags[n])[0].clamp_(0, 1).numpy()
+        rgb = enhancer.enhance_pqf_tensor(torch.stack(triplet).unsqueeze(0), flags[n])[0].clamp(0, 1).numpy()
         out = f.copy()  # keeps the frame's properties
         for p in range(3):
             np.copyto(np.asarray(out[p]), rgb[p].astype(np.asarray(out[p]).dtype))
