@@ -10,6 +10,10 @@ and the stream state of one of two modes:
   The output equals `vsqe run` bit for bit, and the clip ends at `flush`. The generator is run as a
   coroutine on a worker thread, and only while `pull` waits for it (see `_StreamDriver`). So what
   `pull` returns depends only on what was pushed, and the model never runs in the background.
+  PQF models (MFQEv2) find their PQFs from the pushed pictures' slice QPs (the bounded
+  `pqfs_from_qp` rule of pipeline/pqf_schedule.py, as `vsqe run --pqf qp`) and schedule them with
+  a fixed look-ahead (option pqf_lookahead, default 8); `delay` is the flag rule's delay plus the
+  look-ahead, an upper bound: a PQF's arrival releases the frames waiting for it earlier.
 - in-loop: each reconstructed picture is filtered in place, in decoding order. The window is
   `window_indices` applied to a *causal clip*: the pictures filtered before (at most
   `history` of them, the latest in decoding order) plus the current one, sorted by POC. In a
@@ -98,6 +102,29 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return code, " ".join(text.split()) or type(exc).__name__
+
+
+# vsqe_hook_open_with_options keys -> Enhancer keywords, with the parser of each value.
+_OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "pqf_weights": ("pqf_weights", str),
+    "pqf_lookahead": ("pqf_lookahead", int),
+}
+
+
+def parse_options(options: Sequence[str] | None) -> dict[str, object]:
+    """"key=value" strings of vsqe_hook_open_with_options -> Enhancer keywords."""
+    out: dict[str, object] = {}
+    for text in options or ():
+        key, sep, value = text.partition("=")
+        if not sep or key not in _OPTIONS:
+            known = ", ".join(f"{k}=..." for k in _OPTIONS)
+            raise HookArgumentError(f"unknown option {text!r} (known: {known})")
+        name, parse = _OPTIONS[key]
+        try:
+            out[name] = parse(value)
+        except ValueError:
+            raise HookArgumentError(f"option {key}: bad value {value!r}") from None
+    return out
 
 
 class _Closed(Exception):
@@ -230,6 +257,7 @@ class HookSession:
         sample_bytes: int = 2,
         threads: int | None = None,
         allow_untrained: bool = False,
+        options: Sequence[str] | None = None,
     ) -> None:
         from vsqe.models import get_model_spec
         from vsqe.pipeline.enhancer import Enhancer
@@ -260,7 +288,14 @@ class HookSession:
         scale = getattr(spec, "scale", 1)
         if scale != 1:
             raise ModelError(f"model {model!r} changes the picture size (x{scale}); the hook needs same-size output")
-        if mode == MODE_INLOOP and getattr(spec, "temporal", "window") != "window":
+        extra = parse_options(options)
+        temporal = getattr(spec, "temporal", "window")
+        if mode == MODE_INLOOP and temporal == "pqf":
+            raise ModelError(
+                f"model {model!r} schedules peak-quality frames with a look-ahead (a frame waits for the next PQF), "
+                "which an in-loop filter cannot wait for; use post mode"
+            )
+        if mode == MODE_INLOOP and temporal != "window":
             raise ModelError(f"model {model!r} is recurrent; in-loop mode needs a window model (e.g. stdf)")
         if spec.color == "rgb" and chroma == "400":
             raise FormatError(f"model {model!r} needs colour input; the stream is 4:0:0")
@@ -276,6 +311,7 @@ class HookSession:
             backend=backend or "auto",
             threads=threads if threads and threads > 0 else None,
             require_weights=not allow_untrained,
+            **extra,
         )
         if self.enhancer.weights_path is None:
             sys.stderr.write(
@@ -327,6 +363,8 @@ class HookSession:
         """Pictures that a pushed picture waits in post mode before it can be pulled (before flush)."""
         if self.mode == MODE_INLOOP:
             return 0
+        if self.spec.temporal == "pqf":
+            return self.enhancer.pqf_stream_delay
         plan = getattr(self.enhancer, "segment_plan", None)
         if plan is not None:
             return plan.length + plan.overlap - 1

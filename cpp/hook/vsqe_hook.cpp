@@ -356,7 +356,7 @@ VSQE_HOOK_API const char *vsqe_hook_last_error(const vsqe_hook *h) {
   }
 }
 
-VSQE_HOOK_API int vsqe_hook_open(const vsqe_hook_config *cfg, vsqe_hook **out) {
+static int open_handle(const vsqe_hook_config *cfg, const char *const *options, vsqe_hook **out) {
   try {
     t_error.clear();
     if (out) *out = nullptr;
@@ -419,12 +419,14 @@ VSQE_HOOK_API int vsqe_hook_open(const vsqe_hook_config *cfg, vsqe_hook **out) {
         }
         if (rc == VSQE_HOOK_OK) {
           py::object none = py::none();
+          py::list opts;
+          for (const char *const *o = options; o && *o; ++o) opts.append(py::str(*o));
           py::object session = hook.attr("HookSession")(
               cfg->model ? py::str(cfg->model) : py::str("stdf"),
               cfg->weights ? py::object(py::str(cfg->weights)) : none,
               cfg->backend ? py::object(py::str(cfg->backend)) : none, cfg->width, cfg->height, cfg->bit_depth,
               cfg->chroma_format, cfg->mode, cfg->sample_bytes, cfg->threads > 0 ? py::object(py::int_(cfg->threads)) : none,
-              cfg->allow_untrained != 0);
+              cfg->allow_untrained != 0, opts);
           py::list shapes = session.attr("shapes");
           h->planes = (int)py::len(shapes);
           for (int c = 0; c < h->planes && c < 3; ++c) {
@@ -463,6 +465,15 @@ VSQE_HOOK_API int vsqe_hook_open(const vsqe_hook_config *cfg, vsqe_hook **out) {
     t_error = "vsqe_hook_open: unknown C++ exception";
   }
   return VSQE_HOOK_E_INTERNAL;
+}
+
+VSQE_HOOK_API int vsqe_hook_open(const vsqe_hook_config *cfg, vsqe_hook **out) {
+  return open_handle(cfg, nullptr, out);
+}
+
+VSQE_HOOK_API int vsqe_hook_open_with_options(const vsqe_hook_config *cfg, const char *const *options,
+                                              vsqe_hook **out) {
+  return open_handle(cfg, options, out);
 }
 
 VSQE_HOOK_API int vsqe_hook_close(vsqe_hook *h) {

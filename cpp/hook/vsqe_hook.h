@@ -22,7 +22,7 @@
 #include <stddef.h>
 
 #define VSQE_HOOK_VERSION_MAJOR 1
-#define VSQE_HOOK_VERSION_MINOR 0
+#define VSQE_HOOK_VERSION_MINOR 1
 #define VSQE_HOOK_VERSION_PATCH 0
 /* 10000 * major + 100 * minor + patch; compare it with vsqe_hook_version() at run time. */
 #define VSQE_HOOK_VERSION \
@@ -50,7 +50,8 @@ enum vsqe_hook_status {
   VSQE_HOOK_OK = 0,
   VSQE_HOOK_E_ARG = -1,      /* null pointer, stride shorter than a row, bad enum, bad struct_size */
   VSQE_HOOK_E_FORMAT = -2,   /* size, bit depth or chroma format that the model cannot take */
-  VSQE_HOOK_E_MODEL = -3,    /* unknown model, missing or unfit weights, model unusable in this mode */
+  VSQE_HOOK_E_MODEL = -3,    /* unknown model, missing or unfit weights, model unusable in this mode
+                                (e.g. a PQF model such as mfqev2 in in-loop mode) */
   VSQE_HOOK_E_BACKEND = -4,  /* unknown or unavailable inference backend */
   VSQE_HOOK_E_STATE = -5,    /* call not valid now: wrong mode, push after flush, handle failed earlier */
   VSQE_HOOK_E_CLOSED = -6,   /* the handle was closed */
@@ -122,6 +123,17 @@ VSQE_HOOK_API void vsqe_hook_config_init(vsqe_hook_config *cfg);
  * vsqe_hook_last_error(NULL). */
 VSQE_HOOK_API int vsqe_hook_open(const vsqe_hook_config *cfg, vsqe_hook **out);
 
+/* Since 1.1: vsqe_hook_open with extra options, a NULL-terminated array of "key=value" strings
+ * (options == NULL: none, the same as vsqe_hook_open). Unknown keys give VSQE_HOOK_E_ARG. Keys:
+ *   pqf_weights=FILE   PQF models (mfqev2): weights of the PQF network; without it cfg->weights
+ *                      enhance PQFs too (said once on stderr)
+ *   pqf_lookahead=N    PQF models: pictures the scheduler waits for the next PQF (default 8)
+ * PQF models find their peak-quality frames from the pushed pictures' slice_qp (docs/mfqev2.md)
+ * and run in post mode only: in-loop mode gives VSQE_HOOK_E_MODEL (a frame waits for the next PQF,
+ * which an in-loop filter cannot do). */
+VSQE_HOOK_API int vsqe_hook_open_with_options(const vsqe_hook_config *cfg, const char *const *options,
+                                              vsqe_hook **out);
+
 /* Releases the model and the pictures held. Call it once per handle. Later calls with the same
  * pointer return VSQE_HOOK_E_CLOSED (the handle stays a small tombstone, never reused). */
 VSQE_HOOK_API int vsqe_hook_close(vsqe_hook *h);
@@ -135,7 +147,9 @@ VSQE_HOOK_API const char *vsqe_hook_last_error(const vsqe_hook *h);
  * vsqe_hook_last_error returns VSQE_HOOK_E_STATE: the window state may be incomplete. */
 
 /* Delay of the post-filter in pictures: after n pushes, n - delay enhanced pictures can be
- * pulled before the flush (the model's temporal radius for STDF). 0 in in-loop mode. */
+ * pulled before the flush (the model's temporal radius for STDF). 0 in in-loop mode. For PQF
+ * models it is an upper bound (at least n - delay are ready; a PQF's arrival releases the pictures
+ * waiting for it earlier): the PQF rule's delay (5) plus the look-ahead (13 by default). */
 VSQE_HOOK_API int vsqe_hook_get_delay(vsqe_hook *h, int *delay);
 
 /* In-loop mode: filters one reconstructed picture in place (visible area only; output rounded and

@@ -272,7 +272,7 @@ def test_python_host_keeps_its_interpreter(library) -> None:
     from vsqe.pipeline.enhancer import Enhancer
 
     lib = _bind(library)
-    assert lib.vsqe_hook_version() == 10000
+    assert lib.vsqe_hook_version() == 10100
     cfg = _Config()
     lib.vsqe_hook_config_init(ctypes.byref(cfg))
     cfg.model, cfg.width, cfg.height, cfg.mode, cfg.allow_untrained = b"no-such-model", 32, 32, hook.MODE_INLOOP, 1
@@ -309,3 +309,67 @@ def test_python_host_keeps_its_interpreter(library) -> None:
     finally:
         assert lib.vsqe_hook_close(h) == hook.OK
     assert lib.vsqe_hook_close(h) == hook.E_CLOSED
+
+
+# --- PQF models (MFQEv2) in post mode -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mfqev2_weights(tmp_path_factory) -> tuple[Path, Path]:
+    sys.path.insert(0, str(REPO / "tests" / "pipeline"))
+    from pqf_weights import save_random_mfqev2
+
+    folder = tmp_path_factory.mktemp("hook_mfqev2")
+    return save_random_mfqev2(folder / "non_pqf.safetensors", 1), save_random_mfqev2(folder / "pqf.safetensors", 2)
+
+
+def test_mfqev2_post_filter_finds_pqfs_from_slice_qps_and_equals_vsqe_run(
+    test_hook_exe, pictures, mfqev2_weights, tmp_path
+) -> None:
+    from vsqe.cli import main
+    from vsqe.pipeline.enhancer import Enhancer
+    from vsqe.pipeline.pqf_schedule import DEFAULT_STREAM_LOOKAHEAD, flag_delay, flags_every, qp_flags
+
+    non_pqf, pqf = mfqev2_weights
+    post = tmp_path / "post.yuv"
+    result = _run_hook(test_hook_exe, pictures.raw, pictures.side, WIDTH, HEIGHT, "--model", "mfqev2", "--post", post,
+                       "--weights", non_pqf, "--option", f"pqf_weights={pqf}", "--delay-bound")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    delay = flag_delay() + DEFAULT_STREAM_LOOKAHEAD
+    assert f"post: {FRAMES} pictures, delay {delay}, margins untouched" in log, log
+    assert "no PQF weights" not in log
+    # The hook finds PQFs 0 and 4 in the HM log's QPs (37 40 39 40 38 40 39 40): every:4 on 8
+    # frames, so `vsqe run --pqf every:4` on the same pictures is the reference.
+    assert qp_flags(pictures.qps) == flags_every(FRAMES, 4)
+    ref = tmp_path / "ref.y4m"
+    assert main(["run", str(pictures.y4m), str(ref), "--model", "mfqev2", "--weights", str(non_pqf),
+                 "--pqf-weights", str(pqf), "--pqf", "every:4", "--no-progress", "-q"]) == 0
+    with open_video(ref) as reader:
+        want = [f.planes for f in reader]
+    got = _read_raw(post, 8, FRAMES)
+    for n, (g, w) in enumerate(zip(got, want)):
+        for p in range(3):
+            assert np.array_equal(g[p], w[p]), f"picture {n} plane {p} differs from vsqe run"
+    assert not np.array_equal(got[4][0], pictures.frames[4].planes[0])
+    # And the PQF network did enhance the PQFs: frame 4 is not the non-PQF network's output.
+    enh = Enhancer("mfqev2", weights=str(non_pqf))
+    other = enh.enhance_pqf_triplet(pictures.frames[0], pictures.frames[4], pictures.frames[4], False)
+    assert not np.array_equal(got[4][0], other.planes[0])
+
+
+def test_mfqev2_delay_options_and_inloop_refusal() -> None:
+    from vsqe.errors import ModelError
+
+    session = hook.HookSession("mfqev2", width=32, height=32, allow_untrained=True, options=["pqf_lookahead=4"])
+    try:
+        assert session.delay == 5 + 4  # the QP rule's delay (plateau cap 4 - 1 + radius 2) + the look-ahead
+    finally:
+        session.close()
+    with pytest.raises(ModelError, match="use post mode") as exc:
+        hook.HookSession("mfqev2", width=32, height=32, mode=hook.MODE_INLOOP, allow_untrained=True)
+    assert hook.error_status(exc.value)[0] == hook.E_MODEL
+    with pytest.raises(hook.HookArgumentError, match="unknown option 'lookahead=4'"):
+        hook.HookSession("mfqev2", width=32, height=32, allow_untrained=True, options=["lookahead=4"])
+    with pytest.raises(hook.HookArgumentError, match="bad value"):
+        hook.HookSession("mfqev2", width=32, height=32, allow_untrained=True, options=["pqf_lookahead=x"])
