@@ -154,3 +154,23 @@ def test_options_that_do_not_apply_exit_2_with_one_line(small_y4m, tmp_path, vsq
 def test_pqf_qp_on_stdin_is_refused(tmp_path, capsys):
     assert main(["run", "-", str(tmp_path / "o.y4m"), "--model", "mfqev2", "--pqf", "qp", "--allow-untrained"]) == 2
     assert "--pqf qp needs the input bitstream" in capsys.readouterr().err
+
+
+def test_segment_options_reach_the_enhancer(small_y4m, tmp_path, monkeypatch, capsys):
+    """--segment-length/--segment-overlap are passed through to the Enhancer's SegmentPlan."""
+    import vsqe.pipeline.enhancer as enhancer_module
+    from vsqe.errors import ModelError
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs, model=model)
+            raise ModelError("recorded")
+
+    monkeypatch.setattr(enhancer_module, "Enhancer", Recorder)
+    assert main(["run", str(small_y4m), str(tmp_path / "o.y4m"), "--model", "basicvsrpp", "--allow-untrained",
+                 "--segment-length", "5", "--segment-overlap", "0"]) == 2
+    assert "recorded" in capsys.readouterr().err
+    assert (seen["model"], seen["segment_length"], seen["segment_overlap"]) == ("basicvsrpp", 5, 0)
+    assert seen["pqf_weights"] is None and seen["pqf_lookahead"] is None
