@@ -174,3 +174,15 @@ def test_segment_options_reach_the_enhancer(small_y4m, tmp_path, monkeypatch, ca
     assert "recorded" in capsys.readouterr().err
     assert (seen["model"], seen["segment_length"], seen["segment_overlap"]) == ("basicvsrpp", 5, 0)
     assert seen["pqf_weights"] is None and seen["pqf_lookahead"] is None
+
+
+def test_stdin_scores_frames_as_they_arrive(small_y4m, tmp_path, vsqe_cli):
+    out = tmp_path / "o.y4m"
+    with open(small_y4m, "rb") as stdin:
+        result = vsqe_cli("run", "-", out, "--model", "mfqev2", "--allow-untrained", "--no-progress", "--frames", "4",
+                          stdin=stdin, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "stdin: no bitstream to read slice QPs from; PQFs from the no-reference estimator" in result.stderr
+    assert "Traceback" not in result.stderr
+    with open_video(out) as reader:
+        assert sum(1 for _ in reader) == 4
