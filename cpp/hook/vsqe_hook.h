@@ -149,7 +149,7 @@ VSQE_HOOK_API const char *vsqe_hook_last_error(const vsqe_hook *h);
 /* Delay of the post-filter in pictures: after n pushes, n - delay enhanced pictures can be
  * pulled before the flush (the model's temporal radius for STDF). 0 in in-loop mode. For PQF
  * models it is an upper bound (at least n - delay are ready; a PQF's arrival releases the pictures
- * waiting for it earlier): the PQF rule's delay (5) plus the look-ahead (13 by default). */
+ * waiting for it earlier): the PQF rule's delay (5) plus the look-ahead (default 8), 13. */
 VSQE_HOOK_API int vsqe_hook_get_delay(vsqe_hook *h, int *delay);
 
 /* In-loop mode: filters one reconstructed picture in place (visible area only; output rounded and
