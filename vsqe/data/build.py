@@ -83,6 +83,9 @@ class BuildConfig:
     jobs: int = 1
     exclude: tuple[str, ...] = ()
     limit: int | None = None
+    # Gaussian sigma range (output px) of the simulated camera optics applied to photo clips;
+    # (0, 0) renders them as sharp as the reduction allows (vsqe.data.synth.gaussian_blur says why).
+    photo_blur: tuple[float, float] = (0.5, 1.1)
     art: bool = False  # include the digital-art wallpapers (ART), and only those
     log: object = field(default=print, repr=False)
 
@@ -249,7 +252,8 @@ def build_photo_clip(source: dict, k: int, cfg: BuildConfig) -> dict:
     if not fitting:
         fitting = [(min(cfg.sizes[0][0], (w // 2) // 8 * 8), min(cfg.sizes[0][1], (h // 2) // 8 * 8))]
     ow, oh = fitting[k % len(fitting)] if k < len(fitting) else fitting[int(rng.integers(len(fitting)))]
-    clip, params = motion_clip(img, ow, oh, cfg.clip_frames, rng, foreground=True)
+    sigma = float(rng.uniform(*cfg.photo_blur)) if cfg.photo_blur[1] > 0 else 0.0
+    clip, params = motion_clip(img, ow, oh, cfg.clip_frames, rng, foreground=True, blur_sigma=sigma)
     frames = [rgb_to_yuv420(f) for f in clip]
     return _encode_and_store(clip_id, frames, source, {"synthetic_motion": params}, cfg, out)
 

@@ -22,6 +22,25 @@ def _lanczos_reduce(img: Image.Image, scale: float) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
 
 
+def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W] (reflect padding), sigma in pixels.
+
+    Stands in for a camera's optics: a photo reduced 2-4x has texture up to the Nyquist limit,
+    which no codec keeps at QP 37 and no network can restore, so the error to learn would be
+    mostly lost texture. Camera footage (the dev clips) is softer; its QP 37 error is mostly
+    ringing and blocking at edges, which is what a QE network can remove.
+    """
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=frames.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = frames.shape[1]
+    out = F.pad(frames, (r, r, 0, 0), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, r, r), mode="reflect")
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def motion_clip(
     img: Image.Image,
     out_w: int,
@@ -29,6 +48,7 @@ def motion_clip(
     frames: int,
     rng: np.random.Generator,
     foreground: bool = True,
+    blur_sigma: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """Renders [T, 3, out_h, out_w] float R'G'B' in [0, 1] and returns (clip, motion parameters).
 
@@ -38,7 +58,9 @@ def motion_clip(
     shrink = 1.0
     for attempt in range(6):
         try:
-            return _motion_clip(img, out_w, out_h, frames, rng, foreground, shrink, allow_rot=attempt < 2)
+            return _motion_clip(
+                img, out_w, out_h, frames, rng, foreground, shrink, allow_rot=attempt < 2, blur_sigma=blur_sigma
+            )
         except ValueError as exc:
             if "too small" in str(exc):
                 raise
@@ -56,6 +78,7 @@ def _motion_clip(
     foreground: bool,
     shrink: float,
     allow_rot: bool,
+    blur_sigma: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     src_w, src_h = img.size
     # Output pixels per source pixel: between "whole photo" and a 1:1.5 crop, never upscaling.
@@ -151,8 +174,10 @@ def _motion_clip(
             pcol = F.grid_sample(fg["patch"], pg, mode="bicubic", padding_mode="zeros", align_corners=False)
             pal = F.grid_sample(fg["alpha"], pg, mode="bilinear", padding_mode="zeros", align_corners=False)
             frame = frame * (1 - pal) + pcol * pal
-        frame = F.avg_pool2d(frame, 2)[0]
-        out.append(frame.clamp_(0, 1))
+        frame = F.avg_pool2d(frame, 2)
+        if blur_sigma > 0:
+            frame = gaussian_blur(frame, blur_sigma)
+        out.append(frame[0].clamp_(0, 1))
     params = {
         "source_px_per_output_px": round(s, 3),
         "pan_px_per_frame": [round(vx, 3), round(vy, 3)],
@@ -160,5 +185,6 @@ def _motion_clip(
         "zoom_per_frame": round(zoom_rate, 5),
         "rotation_deg_per_frame": round(math.degrees(rot_rate), 4),
         "foreground": fg is not None,
+        "optics_blur_sigma_px": round(blur_sigma, 3),
     }
     return torch.stack(out), params

@@ -5,7 +5,7 @@
                   [--clip-frames N] [--size WxH ...] [--clips-per-photo K] [--clips-per-video K] [--jobs J]
   vsqe data manifest --out DIR       (re-assemble manifest.json from the clips written so far)
   vsqe train --model stdf --data DIR --out DIR [--resume] [--iters N] [--batch B] [--patch P]
-             [--lr LR] [--val-every N]
+             [--lr LR] [--loss mse|charbonnier] [--no-batchnorm] [--val-every N]
   vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
 """
 from __future__ import annotations
@@ -66,8 +66,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--refresh-data", action="store_true", help="on resume, train on the data folder's current clips")
     p.add_argument("--iters", type=int, default=60000)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=96)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--loss", choices=["mse", "charbonnier"], default="mse")
+    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_false",
+                   help="train the plain architecture (default: BN after each conv+ReLU, folded on export)")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=2)
@@ -149,6 +152,8 @@ def _cmd_train(args) -> int:
         batch=args.batch,
         patch=args.patch,
         lr=args.lr,
+        loss=args.loss,
+        batchnorm=args.batchnorm,
         warmup=args.warmup,
         precision=args.precision,
         threads=args.threads,

@@ -7,12 +7,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vsqe.train.trainer import load_checkpoint
+from vsqe.train.trainer import LEGACY_CONFIG, build_train_model, load_checkpoint, plain_state_dict
+
+
+def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
+    """A training checkpoint's weights in the published architecture's keys (BN folded)."""
+    cfg = {**LEGACY_CONFIG, **state["config"]}
+    model = build_train_model(cfg["model"], batchnorm=cfg["batchnorm"])
+    model.load_state_dict(state["model"])
+    return plain_state_dict(model)
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None = None) -> dict:
     state = load_checkpoint(Path(ckpt))
-    sd = {k: v.detach().float().contiguous() for k, v in state["model"].items()}
+    sd = {k: v.detach().float().contiguous() for k, v in checkpoint_weights(state).items()}
     meta = {
         "vsqe_model": state["config"]["model"],
         "iteration": str(state["iteration"]),

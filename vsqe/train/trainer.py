@@ -35,8 +35,8 @@ class TrainConfig:
     model: str = "stdf"
     iters: int = 60000
     batch: int = 16
-    patch: int = 96
-    lr: float = 2e-4
+    patch: int = 64
+    lr: float = 5e-4
     lr_min_ratio: float = 0.05
     warmup: int = 300
     grad_clip: float = 1.0
@@ -53,6 +53,13 @@ class TrainConfig:
     val_step: int = 3
     val_clips: tuple = ("city_416x240", "phone_832x480", "birds_640x360")
     init_residual_std: float = 0.002
+    # Train with BN after every conv+ReLU, folded away on export (vsqe/train/bn.py says why).
+    batchnorm: bool = True
+    loss: str = "mse"  # "mse" (what PSNR measures) or "charbonnier"
+
+
+# What a checkpoint written before an option existed meant by it (resume stays exact).
+LEGACY_CONFIG = {"batchnorm": False, "loss": "charbonnier"}
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -112,11 +119,14 @@ def _ensure_ops() -> str:
     return "torchvision shim"
 
 
-def build_train_model(name: str = "stdf") -> torch.nn.Module:
+def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.Module:
     _ensure_ops()
     from vsqe.models import get_model_spec
+    from vsqe.train.bn import add_batchnorm
 
     model = get_model_spec(name).build()
+    if batchnorm:
+        add_batchnorm(model)
     dc = model.ffnet.deform_conv
 
     def forward(x, offset, mask):  # training DCN: grid_sample version, fp32
@@ -140,6 +150,13 @@ def init_weights(model: torch.nn.Module) -> None:
     torch.nn.init.zeros_(dc.bias)
     torch.nn.init.zeros_(model.ffnet.offset_mask.weight)
     torch.nn.init.zeros_(model.ffnet.offset_mask.bias)
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights in the published architecture's keys (training-only BN folded in)."""
+    from vsqe.train.bn import folded_state_dict
+
+    return folded_state_dict(model)
 
 
 @torch.no_grad()
@@ -218,7 +235,7 @@ class Trainer:
                 # The run's identity comes from the checkpoint; the command line may change the
                 # length, validation and logging cadence, and the thread count.
                 keep = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads")
-                merged = {**saved, **{k: getattr(cfg, k) for k in keep}}
+                merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in keep}}
                 merged["val_clips"] = tuple(merged["val_clips"])
                 self.cfg = cfg = TrainConfig(**merged)
                 torch.set_num_threads(cfg.threads)
@@ -241,7 +258,9 @@ class Trainer:
             clips_file.write_text(json.dumps(self.sampler.clip_ids))
             if state is not None:
                 log(f"training data: {len(self.sampler.clips)} clips from {cfg.data} (refreshed)")
-        self.model = build_train_model(cfg.model)
+        if cfg.loss not in ("mse", "charbonnier"):
+            raise ValueError(f"unknown loss {cfg.loss!r} (mse or charbonnier)")
+        self.model = build_train_model(cfg.model, batchnorm=cfg.batchnorm)
         self.radius = self.model.radius
         self.model.radius = self.radius
         if cfg.precision == "bf16":
@@ -298,7 +317,10 @@ class Trainer:
                 out = self.model(x)
         else:
             out = self.model(x)
-        loss = charbonnier(out.float(), y, cfg.charbonnier_eps)
+        if cfg.loss == "mse":
+            loss = F.mse_loss(out.float(), y)
+        else:
+            loss = charbonnier(out.float(), y, cfg.charbonnier_eps)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
@@ -320,7 +342,7 @@ class Trainer:
         from vsqe.train.validate import evaluate, summarize
 
         tmp = self.out / "val_weights.safetensors"
-        sd = {k: v.detach().float().contiguous() for k, v in self.model.state_dict().items()}
+        sd = {k: v.detach().float().contiguous() for k, v in plain_state_dict(self.model).items()}
         save_file(sd, str(tmp))
         enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
         t0 = time.time()
@@ -353,6 +375,7 @@ class Trainer:
 
     def run(self) -> None:
         cfg = self.cfg
+        self.model.train()  # BN (when on) normalises with batch statistics while training
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         train_csv = self.out / "train.csv"
