@@ -83,9 +83,10 @@ class BuildConfig:
     jobs: int = 1
     exclude: tuple[str, ...] = ()
     limit: int | None = None
-    # Gaussian sigma range (output px) of the simulated camera optics applied to photo clips;
-    # (0, 0) renders them as sharp as the reduction allows (vsqe.data.synth.gaussian_blur says why).
-    photo_blur: tuple[float, float] = (0.5, 1.1)
+    # Gaussian sigma range (output px) of simulated camera optics for photo clips (e.g. 0.5,1.1);
+    # (0, 0), the default, renders them as sharp as the reduction allows. Not yet shown to help
+    # (docs/training.md §4): vsqe.data.synth.gaussian_blur says why it might.
+    photo_blur: tuple[float, float] = (0.0, 0.0)
     art: bool = False  # include the digital-art wallpapers (ART), and only those
     log: object = field(default=print, repr=False)
 

@@ -27,6 +27,16 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.5,1.1), got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="fetch source material and build training pairs")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -45,6 +55,8 @@ def add_data_parser(sub) -> None:
     b.add_argument("--clips-per-video", type=int, default=8)
     b.add_argument("--min-size", type=int, default=128, help="smallest usable side (the largest patch)")
     b.add_argument("--exclude", action="append", default=[], help="skip paths containing this text (repeatable)")
+    b.add_argument("--photo-blur", type=_range, default=(0.0, 0.0), metavar="LO,HI",
+                   help="Gaussian sigma range (px) of simulated camera optics for photo clips (default: off)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=1)
     b.add_argument("--art", action="store_true",
@@ -108,6 +120,7 @@ def _cmd_build(args) -> int:
         seed=args.seed,
         jobs=args.jobs,
         art=args.art,
+        photo_blur=args.photo_blur,
     )
     if cfg.clip_frames < 7:
         raise VsqeError(f"--clip-frames must be at least 7 (the STDF window), got {cfg.clip_frames}")
