@@ -77,7 +77,7 @@ def test_parameter_count_key_names_and_shapes():
         assert shapes[key] == shape, key
     spec = get_model_spec("mfqev2")
     assert (spec.color, spec.window, spec.size_multiple, spec.temporal, spec.default_weights) == (
-        "rgb", 3, 1, "window", None)
+        "rgb", 3, 1, "pqf", None)
 
 
 def test_pqf_and_non_pqf_checkpoints_load_key_for_key(tmp_path: Path, single_thread):

@@ -83,5 +83,6 @@ register(
         size_multiple=1,
         default_weights=None,
         convert_state_dict=convert_official_mfqev2,
+        temporal="pqf",
     )
 )

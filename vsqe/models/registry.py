@@ -6,7 +6,7 @@ vsqe/models that calls `register(ModelSpec(...))`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -73,14 +73,7 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-# Bridge: models that must be PQF-scheduled but whose module does not declare temporal="pqf" yet
-# (vsqe/models/mfqev2.py needs the one-line `temporal="pqf"`; its owner adds it, then this goes).
-_PQF_PENDING_DECLARATION = frozenset({"mfqev2"})
-
-
 def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _PQF_PENDING_DECLARATION and spec.temporal == "window":
-        spec = replace(spec, temporal="pqf")
     if spec.name in _REGISTRY:
         raise ValueError(f"model {spec.name!r} registered twice")
     _REGISTRY[spec.name] = spec
