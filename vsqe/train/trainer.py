@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -229,6 +230,10 @@ class Trainer:
         state = None
         if resume or resume_from:
             ck = Path(resume_from) if resume_from else self.out / "last.pt"
+            if not resume_from and not ck.is_file() and (self.out / "prev.pt").is_file():
+                # Only a run killed by an older vsqe inside its checkpoint rotation gets here.
+                ck = self.out / "prev.pt"
+                log(f"no last.pt in {self.out}; resuming from prev.pt")
             if ck.is_file():
                 state = load_checkpoint(ck)
                 saved = state["config"]
@@ -300,10 +305,18 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
+        """last.pt <- this state; prev.pt <- the one before. last.pt never goes missing: a kill at
+        any point leaves a complete last.pt (old or new) and at worst a stale prev.pt."""
         last = self.out / "last.pt"
         if last.is_file():
-            os.replace(last, self.out / "prev.pt")
-        save_checkpoint(last, self.state())
+            tmp_prev = self.out / "prev.pt.tmp"
+            tmp_prev.unlink(missing_ok=True)
+            try:
+                os.link(last, tmp_prev)  # a second name for the old file: no copy, no gap
+            except OSError:
+                shutil.copyfile(last, tmp_prev)
+            os.replace(tmp_prev, self.out / "prev.pt")
+        save_checkpoint(last, self.state())  # temp file + fsync + rename
 
     # -- one step
     def step(self) -> dict:
