@@ -20,7 +20,7 @@ from pathlib import Path
 from vsqe.models.registry import WEIGHTS_DIR
 from vsqe.train.export import export_checkpoint
 from vsqe.train.report import report
-from vsqe.train.trainer import load_checkpoint
+from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     state = load_checkpoint(Path(a.ckpt))
-    cfg = state["config"]
+    cfg = {**LEGACY_CONFIG, **state["config"]}
     staging = Path(a.run) / f"{a.name}.candidate.safetensors"
     export_checkpoint(a.ckpt, staging)
     streams = [s for s in a.streams.split(",") if s]
@@ -59,13 +59,15 @@ def main(argv=None) -> int:
         "model": "stdf",
         "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
         "weights": f"{a.name}.safetensors",
-        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training)",
+        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
+        + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")"),
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
         "selected_by": "best ΔY-PSNR on every 3rd frame of the dev HM QP37 streams (validation during training)",
         "best": state.get("best"),
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
-                                                 "charbonnier_eps", "precision", "codec_weights", "seed")},
+                                                 "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
+                                                 "seed")},
         "data": {
             "folder": cfg["data"],
             "clips": len(clips),
