@@ -35,6 +35,8 @@ import statistics
 from collections import deque
 from typing import Iterable, Iterator, Sequence, TypeVar
 
+from vsqe.pqf.detect import QP_RADIUS, peak_flags
+
 T = TypeVar("T")
 
 MIN_LOOKAHEAD = 4
@@ -129,7 +131,6 @@ def schedule(
 # a clip that is one long plateau (frame 0 is the PQF in both). The flag of frame n is then known
 # once frame n + PLATEAU_CAP - 1 + radius has been read (`flag_delay`).
 
-QP_RADIUS = 2  # vsqe.pqf.detect.QP_RADIUS: the QP and estimator rule
 PLATEAU_CAP = 4
 # Look-ahead of the streaming front ends that cannot see the flags before they start (the HM hook,
 # y4m on stdin): 2 x the PQF period of HM's low-delay GOP 4 (what default_lookahead gives there).
@@ -145,18 +146,7 @@ def bounded_peak_flags(values: Sequence[float], radius: int = QP_RADIUS, cap: in
     """peak_flags (higher = better) with the plateau cap above; what `stream_peak_flags` yields."""
     if radius < 1 or cap < 1:
         raise ValueError("radius and cap must be at least 1")
-    n = len(values)
-    flags = [False] * n
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and values[j + 1] == values[i]:
-            j += 1
-        left = values[max(0, i - radius) : i]
-        right = values[j + 1 : j + 1 + radius] if j - i + 1 <= cap else []
-        flags[i] = all(v < values[i] for v in left) and all(v < values[i] for v in right)
-        i = j + 1
-    return flags
+    return peak_flags(values, radius, plateau_cap=cap)
 
 
 def stream_peak_flags(

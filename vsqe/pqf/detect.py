@@ -22,8 +22,12 @@ PSNR_RADIUS = 1
 QP_RADIUS = 2
 
 
-def peak_flags(values: Sequence[float], radius: int = 1) -> list[bool]:
-    """True at the first frame of each plateau that beats every frame within `radius` outside it."""
+def peak_flags(values: Sequence[float], radius: int = 1, plateau_cap: int | None = None) -> list[bool]:
+    """True at the first frame of each plateau that beats every frame within `radius` outside it.
+
+    plateau_cap: a plateau longer than this is judged on the frames before it only, so that a
+    streaming caller knows each flag after a bounded delay (pipeline/pqf_schedule.py).
+    """
     n = len(values)
     flags = [False] * n
     if n == 0:
@@ -36,7 +40,8 @@ def peak_flags(values: Sequence[float], radius: int = 1) -> list[bool]:
         while j + 1 < n and values[j + 1] == values[i]:
             j += 1
         left = values[max(0, i - radius) : i]
-        right = values[j + 1 : j + 1 + radius]
+        long_plateau = plateau_cap is not None and j - i + 1 > plateau_cap
+        right = [] if long_plateau else values[j + 1 : j + 1 + radius]
         if all(v < values[i] for v in left) and all(v < values[i] for v in right):
             flags[i] = True
         i = j + 1
