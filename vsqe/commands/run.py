@@ -124,7 +124,7 @@ def run_command(args: argparse.Namespace) -> int:
         copy_from = args.input if info.has_timestamps and info.container != "yuv4mpegpipe" else None
         writer = VideoWriter(plan, info, settings, copy_streams_from=copy_from)
         writer.trim_copied_streams = args.frames is not None
-        total = info.frame_count
+        total = info.frame_count if info.frame_count is not None else _count_raw_pictures(args.input, info)
         if args.frames is not None:
             total = min(args.frames, total) if total is not None else args.frames
         quiet = getattr(args, "quiet", False)
@@ -273,6 +273,21 @@ def _estimate_score(frame) -> float:
     from vsqe.pqf.estimator import frame_score
 
     return frame_score(frame.planes[0].astype("float64") / frame.fmt.peak)
+
+
+def _count_raw_pictures(path: str, info) -> int | None:
+    """Output pictures of a raw H.264/HEVC/VVC file, from slice headers only (no decoding), so the
+    progress line of an Annex-B input has a total and an ETA. None when it cannot tell (a pipe,
+    another format, a stream our parser does not read): the line then shows no ETA."""
+    if info.container not in ("h264", "hevc", "vvc") or not os.path.isfile(path):
+        return None
+    from vsqe.errors import VsqeError
+    from vsqe.pqf.stream import display_pictures, read_pictures
+
+    try:
+        return len(display_pictures(read_pictures(path))) or None
+    except (VsqeError, OSError, ValueError):
+        return None
 
 
 def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progress: bool, pqf=None) -> int:
