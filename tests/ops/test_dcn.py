@@ -396,10 +396,10 @@ def test_cuda_wrapper_logic_with_cpu_kernels(monkeypatch, conv_groups):
     wt = torch.randn(6, 8 // conv_groups, 3, 3) * 0.2
     conf = (list(s), list(p), list(d), conv_groups, 2)
     ref = tv(x, off, msk, wt, b, s, p, d)
-    out = dcn._forward_cuda(x, off, msk, wt, b, *conf)
+    out = dcn._forward("cuda", x, off, msk, wt, b, *conf)
     assert (out - ref).abs().max().item() <= 1e-4
     grad_out = torch.randn_like(ref)
     _, g_ref = _grads(tv, (x, off, msk, wt, b, s, p, d), grad_out)
-    grads = dcn._backward_cuda(grad_out, x, off, msk, wt, *conf)
+    grads = dcn._backward("cuda", grad_out, x, off, msk, wt, *conf)
     for a, r in zip(grads, g_ref):
         assert (a - r).abs().max().item() <= 1e-3 * (r.abs().max().item() + 1e-6)

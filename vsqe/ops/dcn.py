@@ -24,8 +24,10 @@ Dtypes:
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -185,152 +187,75 @@ def _compute_dtypes(device: torch.device, input_dtype: torch.dtype, offset_dtype
     return cdt, odt
 
 
-# ---- forward kernels --------------------------------------------------------------------------
+# ---- one path for every device ----------------------------------------------------------------
+# As in torchvision's ops, the op is device-neutral: argument checks, output size, dtype rules,
+# buffer preparation and the im2col / GEMM / col2im loops are written once (_forward, _backward).
+# A device adds only what differs, one _Device row: its native module, how the output is cut
+# into tiles for the column buffer, the trailing arguments of its native calls, its GEMM, and
+# optionally a fused forward.
 
 
-def _require_cpu_module() -> None:
-    if _dcn_cpu is None:
-        raise RuntimeError(f"vsqe._dcn_cpu is not built or failed to import: {_CPU_IMPORT_ERROR}")
+class _Tile(NamedTuple):
+    """A piece of the output that one im2col / col2im call covers."""
+
+    index: tuple  # into the [N, Cout, P] views of the output and its gradient
+    cols: tuple[int, ...]  # shape of its column buffer (C*K rows, one column per output pixel)
+    where: tuple[int, ...]  # the native calls' arguments that name it
 
 
-def _gemm_into(dst: Tensor, w: Tensor, cols: Tensor, bias: Optional[Tensor], groups: int) -> None:
-    """dst[Cout, L] = w[groups, Cout/g, CK/g] @ cols[CK, L] (+ bias), written in place."""
-    cout_g = w.shape[1]
-    ck_g = w.shape[2]
-    for gi in range(groups):
-        d = dst[gi * cout_g : (gi + 1) * cout_g]
-        c = cols[gi * ck_g : (gi + 1) * ck_g]
-        if bias is None:
-            torch.mm(w[gi], c, out=d)
-        else:
-            b = bias[gi * cout_g : (gi + 1) * cout_g, None].expand_as(d)
-            torch.addmm(b, w[gi], c, out=d)
+class _Device(NamedTuple):
+    module: Callable[[], Any]  # the native module; raises where it is missing
+    tiles: Callable[[int, int, int], tuple[int, list[_Tile]]]  # (N, C*K, P) -> (buffer elements, tiles)
+    launch: Callable[[Tensor], tuple]  # the trailing arguments of every native call
+    im2col_options: Callable[[], dict]  # keyword arguments of its im2col only
+    gemm: Callable[[Tensor, Tensor, Tensor, Optional[Tensor], int], None]  # out tile = w @ cols (+ bias)
+    fused_forward: Callable[..., Optional[Tensor]]  # the whole forward in one call, or None where it does not apply
 
 
-def _forward_cpu(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
+def _forward(
+    device: str, input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor],
+    stride: list[int], padding: list[int], dilation: list[int], groups: int, offset_groups: int,
 ) -> Tensor:
-    _require_cpu_module()
+    """The forward of ``vsqe::deform_conv2d`` with the kernels of `device` ("cpu", "cuda")."""
+    dev = _DEVICES[device]
+    native = dev.module()
     ho, wo = _check(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
     cdt, odt = _compute_dtypes(input.device, input.dtype, offset.dtype)
     x = input.to(cdt).contiguous()
     off = offset.to(odt).contiguous()
     msk = mask.to(odt).contiguous()
     cout, cin_g, kh, kw = weight.shape
-    n, c, h, w_ = x.shape
-    shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
-    nthreads = torch.get_num_threads()
-    code_x, code_o = _DTYPE_CODE[cdt], _DTYPE_CODE[odt]
-
-    if CPU_FUSED and cdt in (torch.float32, torch.bfloat16) and h * w_ >= 2 and _dcn_cpu.has_avx512():
-        # One native call: sampling and an fp32 GEMM per L2-sized block of output pixels.
-        wf = weight.detach().to(torch.float32).reshape(cout, -1).contiguous()
-        bf = None if bias is None else bias.detach().to(torch.float32).contiguous()
-        out = torch.empty((n, cout, ho, wo), dtype=cdt)
-        _dcn_cpu.forward(
-            code_x, x.data_ptr(), code_o, off.data_ptr(), msk.data_ptr(), wf.data_ptr(),
-            0 if bf is None else bf.data_ptr(), out.data_ptr(), shape, cout, groups, 0, nthreads,
-        )
-        return out if out.dtype == input.dtype else out.to(input.dtype)
-
-    # Portable path: native im2col per block of output pixels, GEMM by torch.
-    w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
-    b = None if bias is None else bias.to(cdt)
-    ck, p = c * kh * kw, ho * wo
-    out = torch.empty((n, cout, ho, wo), dtype=cdt)
-    out_flat = out.view(n, cout, p)
-    blk = max(1, min(p, CPU_BLOCK_PIXELS))
-    col_buf = torch.empty(ck * blk, dtype=cdt)
-    for i in range(n):
-        for p0 in range(0, p, blk):
-            p1 = min(p, p0 + blk)
-            cols = col_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
-            _dcn_cpu.im2col(
-                code_x, x.data_ptr(), code_o, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
-                shape, i, p0, p1, nthreads, CPU_SIMD,
-            )
-            _gemm_into(out_flat[i, :, p0:p1], w, cols, b, groups)
-    return out if out.dtype == input.dtype else out.to(input.dtype)
-
-
-def _cuda_launch_args(x: Tensor) -> tuple[int, int]:
-    """(device index, cudaStream_t as an int) for a launch on x's device, on torch's stream."""
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    return dev, torch.cuda.current_stream(x.device).cuda_stream
-
-
-def _forward_cuda(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
-) -> Tensor:
-    assert _dcn_cuda is not None
-    ho, wo = _check(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
-    cdt, odt = _compute_dtypes(input.device, input.dtype, offset.dtype)
-    x = input.to(cdt).contiguous()
-    off = offset.to(odt).contiguous()
-    msk = mask.to(odt).contiguous()
-    cout, cin_g, kh, kw = weight.shape
-    w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
-    b = None if bias is None else bias.to(cdt)
     n, c = x.shape[:2]
     shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
-    ck, p = c * kh * kw, ho * wo
-    out = torch.empty((n, cout, p), dtype=cdt, device=x.device)
-    nb = max(1, min(n, CUDA_MAX_COL_ELEMENTS // (ck * p)))
-    col_buf = torch.empty(nb * ck * p, dtype=cdt, device=x.device)
-    dev, stream = _cuda_launch_args(x)
-    for n0 in range(0, n, nb):
-        cnt = min(nb, n - n0)
-        cols = col_buf[: cnt * ck * p].view(cnt, ck, p)
-        _dcn_cuda.im2col(
-            _DTYPE_CODE[cdt], x.data_ptr(), _DTYPE_CODE[odt], off.data_ptr(), msk.data_ptr(),
-            cols.data_ptr(), shape, n0, cnt, dev, stream,
-        )
-        cout_g, ck_g = cout // groups, ck // groups
-        for gi in range(groups):
-            d = out[n0 : n0 + cnt, gi * cout_g : (gi + 1) * cout_g]
-            torch.matmul(w[gi], cols[:, gi * ck_g : (gi + 1) * ck_g], out=d)
-            if b is not None:
-                d += b[gi * cout_g : (gi + 1) * cout_g, None]
-    out = out.view(n, cout, ho, wo)
+    out = dev.fused_forward(x, off, msk, weight, bias, shape, groups)
+    if out is None:
+        # Native im2col per tile, GEMM with the weight by torch.
+        w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
+        b = None if bias is None else bias.to(cdt)
+        ck, p = c * kh * kw, ho * wo
+        out = torch.empty((n, cout, ho, wo), dtype=cdt, device=x.device)
+        out_flat = out.view(n, cout, p)
+        size, tiles = dev.tiles(n, ck, p)
+        col_buf = torch.empty(size, dtype=cdt, device=x.device)
+        launch, options = dev.launch(x), dev.im2col_options()
+        for t in tiles:
+            cols = col_buf[: math.prod(t.cols)].view(t.cols)
+            native.im2col(
+                _DTYPE_CODE[cdt], x.data_ptr(), _DTYPE_CODE[odt], off.data_ptr(), msk.data_ptr(),
+                cols.data_ptr(), shape, *t.where, *launch, **options,
+            )
+            dev.gemm(out_flat[t.index], w, cols, b, groups)
     return out if out.dtype == input.dtype else out.to(input.dtype)
 
 
-# ---- backward kernels -------------------------------------------------------------------------
-
-
-def _backward_common(
-    grad: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
-    run_blocks: Callable[..., None],
+def _backward(
+    device: str, grad: Tensor, input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
+    stride: list[int], padding: list[int], dilation: list[int], groups: int, offset_groups: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Shared by the CPU and CUDA backward: casts to the compute dtype, lets `run_blocks` fill
-    the gradients, casts back."""
+    """Gradients of (input, offset, mask, weight, bias) with the kernels of `device`: computed in
+    float32 (float64 for float64 inputs), each cast back to its tensor's dtype."""
+    dev = _DEVICES[device]
+    native = dev.module()
     ho, wo = _check(input, offset, mask, weight, None, stride, padding, dilation, groups, offset_groups)
     cdt = torch.float64 if input.dtype == torch.float64 else torch.float32
     x = input.to(cdt).contiguous()
@@ -338,13 +263,36 @@ def _backward_common(
     msk = mask.to(cdt).contiguous()
     go = grad.to(cdt).contiguous()
     cout, cin_g, kh, kw = weight.shape
+    n, c = x.shape[:2]
     w = weight.to(cdt).reshape(groups, cout // groups, cin_g * kh * kw)
     shape = _shape_arg(x, kh, kw, stride, padding, dilation, offset_groups, ho, wo)
     g_in = torch.zeros_like(x)
     g_off = torch.empty_like(off)
     g_msk = torch.empty_like(msk)
     g_w = torch.zeros_like(w)
-    run_blocks(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w)
+
+    ck, p = c * kh * kw, ho * wo
+    size, tiles = dev.tiles(n, ck, p)
+    gcol_buf = torch.empty(size, dtype=cdt, device=x.device)
+    col_buf = torch.empty(size, dtype=cdt, device=x.device)
+    go_flat = go.view(n, go.shape[1], p)
+    code = _DTYPE_CODE[cdt]
+    launch, options = dev.launch(x), dev.im2col_options()
+    for t in tiles:
+        gcols = gcol_buf[: math.prod(t.cols)].view(t.cols)
+        cols = col_buf[: math.prod(t.cols)].view(t.cols)
+        go_tile = go_flat[t.index]
+        _grad_cols_into(gcols, w, go_tile, groups)
+        native.col2im(
+            code, x.data_ptr(), off.data_ptr(), msk.data_ptr(), gcols.data_ptr(),
+            g_in.data_ptr(), g_off.data_ptr(), g_msk.data_ptr(), shape, *t.where, *launch,
+        )
+        native.im2col(
+            code, x.data_ptr(), code, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
+            shape, *t.where, *launch, **options,
+        )
+        _grad_weight_add(g_w, go_tile, cols, groups)
+
     g_b = go.sum(dim=(0, 2, 3))
     return (
         g_in.to(input.dtype),
@@ -376,126 +324,146 @@ def _grad_weight_add(g_w: Tensor, go: Tensor, cols: Tensor, groups: int) -> None
         g_w[gi].addmm_(a, c.t())
 
 
-def _backward_cpu(
-    grad: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    _require_cpu_module()
-
-    def run(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w) -> None:
-        n, c = x.shape[:2]
-        kh, kw = shape[5], shape[6]
-        ho, wo = shape[13], shape[14]
-        ck = c * kh * kw
-        p = ho * wo
-        blk = max(1, min(p, CPU_BLOCK_PIXELS))
-        gcol_buf = torch.empty(ck * blk, dtype=x.dtype)
-        col_buf = torch.empty(ck * blk, dtype=x.dtype)
-        go_flat = go.view(n, go.shape[1], p)
-        code = _DTYPE_CODE[x.dtype]
-        nthreads = torch.get_num_threads()
-        for i in range(n):
-            for p0 in range(0, p, blk):
-                p1 = min(p, p0 + blk)
-                gcols = gcol_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
-                cols = col_buf[: ck * (p1 - p0)].view(ck, p1 - p0)
-                go_blk = go_flat[i, :, p0:p1]
-                _grad_cols_into(gcols, w, go_blk, groups)
-                _dcn_cpu.col2im(
-                    code, x.data_ptr(), off.data_ptr(), msk.data_ptr(), gcols.data_ptr(),
-                    g_in.data_ptr(), g_off.data_ptr(), g_msk.data_ptr(), shape, i, p0, p1, nthreads,
-                )
-                _dcn_cpu.im2col(
-                    code, x.data_ptr(), code, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
-                    shape, i, p0, p1, nthreads, CPU_SIMD,
-                )
-                _grad_weight_add(g_w, go_blk, cols, groups)
-
-    return _backward_common(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups, run)
+# ---- CPU: tiles of CPU_BLOCK_PIXELS output pixels of one image; the fused AVX-512 forward ------
 
 
-def _backward_cuda(
-    grad: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _cpu_module() -> Any:
+    if _dcn_cpu is None:
+        raise RuntimeError(f"vsqe._dcn_cpu is not built or failed to import: {_CPU_IMPORT_ERROR}")
+    return _dcn_cpu
+
+
+def _cpu_tiles(n: int, ck: int, p: int) -> tuple[int, list[_Tile]]:
+    blk = max(1, min(p, CPU_BLOCK_PIXELS))
+    tiles = [
+        _Tile((i, slice(None), slice(p0, p1)), (ck, p1 - p0), (i, p0, p1))
+        for i in range(n)
+        for p0 in range(0, p, blk)
+        for p1 in [min(p, p0 + blk)]
+    ]
+    return ck * blk, tiles
+
+
+def _cpu_gemm(dst: Tensor, w: Tensor, cols: Tensor, bias: Optional[Tensor], groups: int) -> None:
+    """dst[Cout, L] = w[groups, Cout/g, CK/g] @ cols[CK, L] (+ bias), written in place."""
+    cout_g = w.shape[1]
+    ck_g = w.shape[2]
+    for gi in range(groups):
+        d = dst[gi * cout_g : (gi + 1) * cout_g]
+        c = cols[gi * ck_g : (gi + 1) * ck_g]
+        if bias is None:
+            torch.mm(w[gi], c, out=d)
+        else:
+            b = bias[gi * cout_g : (gi + 1) * cout_g, None].expand_as(d)
+            torch.addmm(b, w[gi], c, out=d)
+
+
+def _cpu_fused_forward(
+    x: Tensor, off: Tensor, msk: Tensor, weight: Tensor, bias: Optional[Tensor], shape: list[int], groups: int
+) -> Optional[Tensor]:
+    """One native call (sampling and an fp32 GEMM per L2-sized block of output pixels) where the
+    CPU has AVX-512 and the dtype is fp32/bf16; None elsewhere."""
+    n, _, h, w = x.shape
+    if not (CPU_FUSED and x.dtype in (torch.float32, torch.bfloat16) and h * w >= 2 and _dcn_cpu.has_avx512()):
+        return None
+    cout = weight.shape[0]
+    wf = weight.detach().to(torch.float32).reshape(cout, -1).contiguous()
+    bf = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    out = torch.empty((n, cout, shape[13], shape[14]), dtype=x.dtype)
+    _dcn_cpu.forward(
+        _DTYPE_CODE[x.dtype], x.data_ptr(), _DTYPE_CODE[off.dtype], off.data_ptr(), msk.data_ptr(), wf.data_ptr(),
+        0 if bf is None else bf.data_ptr(), out.data_ptr(), shape, cout, groups, 0, torch.get_num_threads(),
+    )
+    return out
+
+
+# ---- CUDA: tiles of whole images, the column buffer bounded by CUDA_MAX_COL_ELEMENTS -----------
+
+
+def _cuda_module() -> Any:
     assert _dcn_cuda is not None
+    return _dcn_cuda
 
-    def run(x, off, msk, go, w, shape, g_in, g_off, g_msk, g_w) -> None:
-        n, c = x.shape[:2]
-        kh, kw = shape[5], shape[6]
-        ck, p = c * kh * kw, shape[13] * shape[14]
-        nb = max(1, min(n, CUDA_MAX_COL_ELEMENTS // (ck * p)))
-        gcol_buf = torch.empty(nb * ck * p, dtype=x.dtype, device=x.device)
-        col_buf = torch.empty(nb * ck * p, dtype=x.dtype, device=x.device)
-        go_flat = go.view(n, go.shape[1], p)
-        code = _DTYPE_CODE[x.dtype]
-        dev, stream = _cuda_launch_args(x)
-        for n0 in range(0, n, nb):
-            cnt = min(nb, n - n0)
-            gcols = gcol_buf[: cnt * ck * p].view(cnt, ck, p)
-            cols = col_buf[: cnt * ck * p].view(cnt, ck, p)
-            go_blk = go_flat[n0 : n0 + cnt]
-            _grad_cols_into(gcols, w, go_blk, groups)
-            _dcn_cuda.col2im(
-                code, x.data_ptr(), off.data_ptr(), msk.data_ptr(), gcols.data_ptr(),
-                g_in.data_ptr(), g_off.data_ptr(), g_msk.data_ptr(), shape, n0, cnt, dev, stream,
-            )
-            _dcn_cuda.im2col(
-                code, x.data_ptr(), code, off.data_ptr(), msk.data_ptr(), cols.data_ptr(),
-                shape, n0, cnt, dev, stream,
-            )
-            _grad_weight_add(g_w, go_blk, cols, groups)
 
-    return _backward_common(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups, run)
+def _cuda_tiles(n: int, ck: int, p: int) -> tuple[int, list[_Tile]]:
+    nb = max(1, min(n, CUDA_MAX_COL_ELEMENTS // (ck * p)))
+    tiles = [
+        _Tile((slice(n0, n0 + cnt),), (cnt, ck, p), (n0, cnt))
+        for n0 in range(0, n, nb)
+        for cnt in [min(nb, n - n0)]
+    ]
+    return nb * ck * p, tiles
+
+
+def _cuda_launch_args(x: Tensor) -> tuple[int, int]:
+    """(device index, cudaStream_t as an int) for a launch on x's device, on torch's stream."""
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return dev, torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _cuda_gemm(dst: Tensor, w: Tensor, cols: Tensor, bias: Optional[Tensor], groups: int) -> None:
+    """dst[B, Cout, L] = w[groups, Cout/g, CK/g] @ cols[B, CK, L] (+ bias), written in place."""
+    cout_g, ck_g = w.shape[1], w.shape[2]
+    for gi in range(groups):
+        d = dst[:, gi * cout_g : (gi + 1) * cout_g]
+        torch.matmul(w[gi], cols[:, gi * ck_g : (gi + 1) * ck_g], out=d)
+        if bias is not None:
+            d += bias[gi * cout_g : (gi + 1) * cout_g, None]
+
+
+# Functions are looked up when called, so tests can stand in for a module or a setting.
+_DEVICES = {
+    "cpu": _Device(
+        module=_cpu_module,
+        tiles=_cpu_tiles,
+        launch=lambda x: (torch.get_num_threads(),),
+        im2col_options=lambda: {"simd": CPU_SIMD},
+        gemm=_cpu_gemm,
+        fused_forward=_cpu_fused_forward,
+    ),
+    "cuda": _Device(
+        module=_cuda_module,
+        tiles=_cuda_tiles,
+        launch=lambda x: _cuda_launch_args(x),
+        im2col_options=dict,
+        gemm=_cuda_gemm,
+        fused_forward=lambda *args: None,
+    ),
+}
 
 
 # ---- the custom ops ---------------------------------------------------------------------------
 
 
+# The schemas are inferred from these two signatures; the CPU kernel is the function body, the
+# CUDA one is registered below when the CUDA module is built. Both run the shared _forward /
+# _backward with their device's row of _DEVICES.
 @torch.library.custom_op("vsqe::deform_conv2d", mutates_args=(), device_types="cpu")
 def _deform_conv2d_op(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
+    input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor],
+    stride: list[int], padding: list[int], dilation: list[int], groups: int, offset_groups: int,
 ) -> Tensor:
-    return _forward_cpu(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
+    return _forward("cpu", input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups)
+
+
+@torch.library.custom_op("vsqe::deform_conv2d_backward", mutates_args=(), device_types="cpu")
+def _deform_conv2d_backward_op(
+    grad: Tensor, input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
+    stride: list[int], padding: list[int], dilation: list[int], groups: int, offset_groups: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of (input, offset, mask, weight, bias); the bias one is returned always."""
+    return _backward("cpu", grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups)
+
+
+if _dcn_cuda is not None:
+    _deform_conv2d_op.register_kernel("cuda")(functools.partial(_forward, "cuda"))
+    _deform_conv2d_backward_op.register_kernel("cuda")(functools.partial(_backward, "cuda"))
 
 
 @_deform_conv2d_op.register_fake
 def _deform_conv2d_fake(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
+    input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor],
+    stride: list[int], padding: list[int], dilation: list[int], *conf: object,
 ) -> Tensor:
     n, _, h, w = input.shape
     cout, _, kh, kw = weight.shape
@@ -504,35 +472,9 @@ def _deform_conv2d_fake(
     return input.new_empty((n, cout, ho, wo))
 
 
-@torch.library.custom_op("vsqe::deform_conv2d_backward", mutates_args=(), device_types="cpu")
-def _deform_conv2d_backward_op(
-    grad: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of (input, offset, mask, weight, bias); the bias one is returned always."""
-    return _backward_cpu(grad, input, offset, mask, weight, stride, padding, dilation, groups, offset_groups)
-
-
 @_deform_conv2d_backward_op.register_fake
 def _deform_conv2d_backward_fake(
-    grad: Tensor,
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-    offset_groups: int,
+    grad: Tensor, input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, *conf: object
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return (
         torch.empty_like(input),
@@ -543,11 +485,6 @@ def _deform_conv2d_backward_fake(
     )
 
 
-if _dcn_cuda is not None:
-    _deform_conv2d_op.register_kernel("cuda")(_forward_cuda)
-    _deform_conv2d_backward_op.register_kernel("cuda")(_backward_cuda)
-
-
 def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups = inputs
     ctx.save_for_backward(input, offset, mask, weight)
@@ -556,7 +493,7 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.conf = (stride, padding, dilation, groups, offset_groups)
 
 
-def _backward(ctx, grad: Tensor):
+def _autograd_backward(ctx, grad: Tensor):
     input, offset, mask, weight = ctx.saved_tensors
     stride, padding, dilation, groups, offset_groups = ctx.conf
     g_in, g_off, g_msk, g_w, g_b = torch.ops.vsqe.deform_conv2d_backward(
@@ -566,7 +503,7 @@ def _backward(ctx, grad: Tensor):
     return g_in, g_off, g_msk, g_w, g_b, None, None, None, None, None
 
 
-_deform_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+_deform_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # Autocast: run in the autocast dtype, but leave fp32 offsets and masks alone (bf16 offsets of a
@@ -577,18 +514,7 @@ _lib = torch.library.Library("vsqe", "FRAGMENT")
 def _make_autocast_kernel(device_type: str, key: str) -> Callable[..., Tensor]:
     keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
 
-    def kernel(
-        input: Tensor,
-        offset: Tensor,
-        mask: Tensor,
-        weight: Tensor,
-        bias: Optional[Tensor],
-        stride: list[int],
-        padding: list[int],
-        dilation: list[int],
-        groups: int,
-        offset_groups: int,
-    ) -> Tensor:
+    def kernel(input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Optional[Tensor], *conf) -> Tensor:
         dt = torch.get_autocast_dtype(device_type)
 
         def keep_or_fp32(t: Tensor) -> Tensor:
@@ -601,11 +527,7 @@ def _make_autocast_kernel(device_type: str, key: str) -> Callable[..., Tensor]:
                 keep_or_fp32(mask),
                 weight.to(dt),
                 None if bias is None else bias.to(dt),
-                stride,
-                padding,
-                dilation,
-                groups,
-                offset_groups,
+                *conf,  # stride, padding, dilation, groups, offset_groups
             )
 
     return kernel
