@@ -122,7 +122,9 @@ def test_specs_declare_what_the_pipeline_needs():
     assert (qe.temporal, qe.color, qe.size_multiple, qe.min_size, qe.scale) == ("recurrent", "rgb", 4, 256, 1)
     assert qe.segment_length >= 1 and qe.segment_overlap >= 0
     sr = get_model_spec("basicvsrpp-mmagic-sr")
-    assert (sr.temporal, sr.scale, sr.min_size) == ("recurrent", 4, 64)
+    assert (sr.temporal, sr.color, sr.size_multiple, sr.min_size, sr.scale) == ("recurrent", "rgb", 1, 64, 4)
+    ntire = get_model_spec("basicvsrpp-ntire")
+    assert (ntire.temporal, ntire.color, ntire.size_multiple, ntire.min_size, ntire.scale) == ("recurrent", "rgb", 4, 256, 1)
     assert get_model_spec("stdf").temporal == "window"
 
 

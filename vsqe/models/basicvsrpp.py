@@ -26,6 +26,7 @@ features of earlier branches are freed as the last branch advances.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -292,54 +293,39 @@ def convert_official_basicvsrpp(state: dict[str, torch.Tensor]) -> dict[str, tor
 SEGMENT_LENGTH = 24
 SEGMENT_OVERLAP = 8
 
-register(
-    ModelSpec(
-        name="basicvsrpp",
-        description="BasicVSR++ QE, RGB (PowerVQE basicvsr_pp_no_mirror, C64 B7); recurrent, segments",
-        build=lambda: BasicVSRPlusPlus(mid_channels=64, num_blocks=7, is_low_res_input=False),
-        color="rgb",
-        radius=0,
-        size_multiple=4,
-        min_size=256,
-        temporal="recurrent",
-        segment_length=SEGMENT_LENGTH,
-        segment_overlap=SEGMENT_OVERLAP,
-        default_weights=None,
-        convert_state_dict=convert_official_basicvsrpp,
-    )
-)
+# name -> (description, BasicVSRPlusPlus arguments); the QE models keep the input size (H, W
+# multiples of 4, >= 256), the SR one outputs 4x its input (>= 64).
+_CONFIGS = {
+    "basicvsrpp": (
+        "BasicVSR++ QE, RGB (PowerVQE basicvsr_pp_no_mirror, C64 B7); recurrent, segments",
+        dict(mid_channels=64, num_blocks=7, is_low_res_input=False),
+    ),
+    "basicvsrpp-ntire": (
+        "BasicVSR++ NTIRE 2021 decompression, RGB (mmagic c128n25 ntire_decompress_track*); recurrent",
+        dict(mid_channels=128, num_blocks=25, is_low_res_input=False),
+    ),
+    "basicvsrpp-mmagic-sr": (
+        "BasicVSR++ x4 super-resolution, RGB (mmagic c64n7 REDS4/Vimeo-90K); recurrent, 4x output",
+        dict(mid_channels=64, num_blocks=7, is_low_res_input=True),
+    ),
+}
 
-register(
-    ModelSpec(
-        name="basicvsrpp-ntire",
-        description="BasicVSR++ NTIRE 2021 decompression, RGB (mmagic c128n25 ntire_decompress_track*); recurrent",
-        build=lambda: BasicVSRPlusPlus(mid_channels=128, num_blocks=25, is_low_res_input=False),
-        color="rgb",
-        radius=0,
-        size_multiple=4,
-        min_size=256,
-        temporal="recurrent",
-        segment_length=SEGMENT_LENGTH,
-        segment_overlap=SEGMENT_OVERLAP,
-        default_weights=None,
-        convert_state_dict=convert_official_basicvsrpp,
+for _name, (_description, _kwargs) in _CONFIGS.items():
+    _sr = _kwargs["is_low_res_input"]
+    register(
+        ModelSpec(
+            name=_name,
+            description=_description,
+            build=functools.partial(BasicVSRPlusPlus, **_kwargs),
+            color="rgb",
+            radius=0,
+            size_multiple=1 if _sr else 4,
+            min_size=64 if _sr else 256,
+            scale=4 if _sr else 1,
+            temporal="recurrent",
+            segment_length=SEGMENT_LENGTH,
+            segment_overlap=SEGMENT_OVERLAP,
+            default_weights=None,
+            convert_state_dict=convert_official_basicvsrpp,
+        )
     )
-)
-
-register(
-    ModelSpec(
-        name="basicvsrpp-mmagic-sr",
-        description="BasicVSR++ x4 super-resolution, RGB (mmagic c64n7 REDS4/Vimeo-90K); recurrent, 4x output",
-        build=lambda: BasicVSRPlusPlus(mid_channels=64, num_blocks=7, is_low_res_input=True),
-        color="rgb",
-        radius=0,
-        size_multiple=1,
-        min_size=64,
-        scale=4,
-        temporal="recurrent",
-        segment_length=SEGMENT_LENGTH,
-        segment_overlap=SEGMENT_OVERLAP,
-        default_weights=None,
-        convert_state_dict=convert_official_basicvsrpp,
-    )
-)
