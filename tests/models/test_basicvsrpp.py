@@ -4,6 +4,7 @@ and §4), and the pieces of the forward whose conventions are easy to get wrong 
 offset layout, residual). Forward passes use a narrow variant (C=8) to stay fast."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +15,12 @@ from vsqe.models import build_model, get_model_spec
 from vsqe.models.basicvsrpp import BasicVSRPlusPlus, SecondOrderDeformableAlignment
 from vsqe.models.spynet import SpyNet, flow_warp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_checkpoints import SPYNET_SHAPES, assert_loaded_key_for_key, meta_model, mmedit_checkpoint, random_state, shapes  # noqa: E402,E501
+
 # Key -> shape, from models.md §4 (C=64, B=7), without the `generator.` prefix.
 QE_SHAPES = {
-    "spynet.basic_module.0.basic_module.0.conv.weight": (32, 8, 7, 7),
-    "spynet.basic_module.5.basic_module.1.conv.weight": (64, 32, 7, 7),
-    "spynet.basic_module.5.basic_module.2.conv.weight": (32, 64, 7, 7),
-    "spynet.basic_module.5.basic_module.3.conv.weight": (16, 32, 7, 7),
-    "spynet.basic_module.5.basic_module.4.conv.weight": (2, 16, 7, 7),
-    "spynet.basic_module.5.basic_module.4.conv.bias": (2,),
-    "spynet.mean": (1, 3, 1, 1),
-    "spynet.std": (1, 3, 1, 1),
+    **SPYNET_SHAPES,
     "feat_extract.0.weight": (64, 3, 3, 3),
     "feat_extract.2.weight": (64, 64, 3, 3),
     "feat_extract.4.main.0.weight": (64, 64, 3, 3),
@@ -50,15 +47,6 @@ QE_SHAPES = {
 }
 
 
-def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
-
-
 def _tiny(**kw) -> BasicVSRPlusPlus:
     torch.manual_seed(0)
     return BasicVSRPlusPlus(mid_channels=8, num_blocks=1, hr_channels=8, **kw).eval()
@@ -73,48 +61,33 @@ class _ShiftFlow(torch.nn.Module):
         return flow
 
 
-@pytest.fixture
-def single_thread():
-    """Narrow networks run faster on one thread (no OpenMP barriers), and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _meta(name: str) -> torch.nn.Module:
-    """Builds a registered model without allocating or initialising its weights (shapes only)."""
-    with torch.device("meta"):
-        return get_model_spec(name).build()
-
-
 @pytest.fixture(scope="module")
 def qe_model() -> torch.nn.Module:
-    return _meta("basicvsrpp")
+    return meta_model("basicvsrpp")
 
 
 def test_qe_model_matches_the_official_parameter_count_and_shapes(qe_model):
     assert sum(p.numel() for p in qe_model.parameters()) == 7_396_783
     assert sum(p.numel() for p in qe_model.spynet.parameters()) == 1_440_300
-    shapes = _shapes(qe_model)
+    found = shapes(qe_model)
     for key, shape in QE_SHAPES.items():
-        assert shapes.get(key) == shape, key
-    assert not any(k.startswith("feat_extract.main.") for k in shapes)
+        assert found.get(key) == shape, key
+    assert not any(k.startswith("feat_extract.main.") for k in found)
 
 
 def test_sr_and_ntire_configs_match_the_official_parameter_counts():
-    sr = _meta("basicvsrpp-mmagic-sr")
+    sr = meta_model("basicvsrpp-mmagic-sr")
     assert sum(p.numel() for p in sr.parameters()) == 7_322_927
-    shapes = _shapes(sr)
-    assert shapes["feat_extract.main.0.weight"] == (64, 3, 3, 3)
-    assert shapes["feat_extract.main.2.4.conv2.weight"] == (64, 64, 3, 3)
-    assert "feat_extract.0.weight" not in shapes
-    ntire = _meta("basicvsrpp-ntire")
+    found = shapes(sr)
+    assert found["feat_extract.main.0.weight"] == (64, 3, 3, 3)
+    assert found["feat_extract.main.2.4.conv2.weight"] == (64, 64, 3, 3)
+    assert "feat_extract.0.weight" not in found
+    ntire = meta_model("basicvsrpp-ntire")
     assert sum(p.numel() for p in ntire.parameters()) == 44_075_631
-    shapes = _shapes(ntire)
-    assert shapes["upsample2.upsample_conv.weight"] == (256, 128, 3, 3)
-    assert shapes["conv_hr.weight"] == (64, 64, 3, 3)
-    assert shapes["backbone.forward_2.main.2.24.conv2.weight"] == (128, 128, 3, 3)
+    found = shapes(ntire)
+    assert found["upsample2.upsample_conv.weight"] == (256, 128, 3, 3)
+    assert found["conv_hr.weight"] == (64, 64, 3, 3)
+    assert found["backbone.forward_2.main.2.24.conv2.weight"] == (128, 128, 3, 3)
 
 
 def test_specs_declare_what_the_pipeline_needs():
@@ -129,28 +102,20 @@ def test_specs_declare_what_the_pipeline_needs():
 
 
 def test_powervqe_qe_checkpoint_loads_key_for_key(tmp_path: Path, qe_model):
-    state = _random_state(qe_model)
-    ckpt = {
-        "meta": {"iter": 600000, "mmedit_version": "0.14.0"},
-        "state_dict": {"generator." + k: v for k, v in state.items()} | {"step_counter": torch.tensor([600000.0])},
-        "optimizer": {"generator": {"state": {}, "param_groups": []}},
-    }
+    state = random_state(qe_model)
     path = tmp_path / "iter_600000.pth"
-    torch.save(ckpt, path)
+    torch.save(mmedit_checkpoint(state, 600000), path)
     model, spec, used = build_model("basicvsrpp", str(path))
     assert used == str(path) and spec.name == "basicvsrpp"
-    loaded = model.state_dict()
-    assert loaded.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(loaded[key], value), key
+    assert_loaded_key_for_key(model, state)
 
 
 def test_mmagic_sr_checkpoint_without_spynet_buffers_loads(tmp_path: Path):
-    sr = _meta("basicvsrpp-mmagic-sr")
-    state = _random_state(sr, seed=1)
+    sr = meta_model("basicvsrpp-mmagic-sr")
+    state = random_state(sr, seed=1)
     del state["spynet.mean"], state["spynet.std"]
     path = tmp_path / "basicvsr_plusplus_c64n7_8x1_600k_reds4_20210217-db622b2f.pth"
-    torch.save({"meta": {}, "state_dict": {"generator." + k: v for k, v in state.items()}}, path)
+    torch.save({"meta": {}} | mmedit_checkpoint(state), path)
     model, _, _ = build_model("basicvsrpp-mmagic-sr", str(path))
     loaded = model.state_dict()
     assert torch.equal(loaded["feat_extract.main.0.weight"], state["feat_extract.main.0.weight"])
@@ -159,9 +124,9 @@ def test_mmagic_sr_checkpoint_without_spynet_buffers_loads(tmp_path: Path):
 
 
 def test_sr_checkpoint_in_the_qe_model_names_the_first_foreign_key(tmp_path: Path):
-    sr = _meta("basicvsrpp-mmagic-sr")
+    sr = meta_model("basicvsrpp-mmagic-sr")
     path = tmp_path / "sr.pth"
-    torch.save({"state_dict": {"generator." + k: v for k, v in _random_state(sr).items()}}, path)
+    torch.save(mmedit_checkpoint(random_state(sr)), path)
     with pytest.raises(CheckpointError, match=r"missing key 'feat_extract\.0\.weight'"):
         build_model("basicvsrpp", str(path))
 

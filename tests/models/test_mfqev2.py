@@ -3,6 +3,7 @@
 conventions (alignment direction, dense wiring, residual). Forward passes run on small frames."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,12 @@ from vsqe.models import build_model, get_model_spec
 from vsqe.models.mfqev2 import MFQEv2
 from vsqe.models.spynet import flow_warp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_checkpoints import SPYNET_SHAPES, assert_loaded_key_for_key, meta_model, mmedit_checkpoint, random_state, shapes  # noqa: E402,E501
+
 # Key -> shape, from models.md §3.2, without the `generator.` prefix.
 OFFICIAL_SHAPES = {
-    "spynet.basic_module.0.basic_module.0.conv.weight": (32, 8, 7, 7),
-    "spynet.basic_module.5.basic_module.4.conv.weight": (2, 16, 7, 7),
-    "spynet.basic_module.5.basic_module.4.conv.bias": (2,),
-    "spynet.mean": (1, 3, 1, 1),
-    "spynet.std": (1, 3, 1, 1),
+    **SPYNET_SHAPES,
     **{f"ks{k}_conv_list.{i}.weight": (32, 3, k, k) for k in (3, 5, 7) for i in range(3)},
     **{f"ks{k}_conv_list.{i}.bias": (32,) for k in (3, 5, 7) for i in range(3)},
     **{f"rec_conv.{j}.0.weight": (32, cin, 3, 3) for j, cin in enumerate((288, 32, 64, 96, 128))},
@@ -32,82 +32,45 @@ OFFICIAL_SHAPES = {
 }
 
 
-@pytest.fixture
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _meta() -> torch.nn.Module:
-    with torch.device("meta"):
-        return get_model_spec("mfqev2").build()
-
-
-def _random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            out[k] = torch.tensor(1000 + seed, dtype=torch.long)
-        elif k.endswith("running_var"):
-            out[k] = torch.rand(v.shape, generator=gen) + 0.5
-        else:
-            out[k] = torch.randn(v.shape, generator=gen) * 0.05
-    return out
-
-
-def _official(state: dict[str, torch.Tensor], iteration: int) -> dict:
-    return {
-        "meta": {"iter": iteration, "mmedit_version": "0.14.0"},
-        "state_dict": {"generator." + k: v for k, v in state.items()} | {"step_counter": torch.tensor([float(iteration)])},
-        "optimizer": {"generator": {"state": {}, "param_groups": []}},
-    }
-
-
 def test_parameter_count_key_names_and_shapes():
-    model = _meta()
+    model = meta_model("mfqev2")
     assert sum(p.numel() for p in model.parameters()) == 1_640_948
     assert sum(p.numel() for p in model.spynet.parameters()) == 1_440_300
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    non_spynet = {k: s for k, s in shapes.items() if not k.startswith("spynet.")}
+    found = shapes(model)
+    non_spynet = {k: s for k, s in found.items() if not k.startswith("spynet.")}
     assert non_spynet == {k: s for k, s in OFFICIAL_SHAPES.items() if not k.startswith("spynet.")}
     for key, shape in OFFICIAL_SHAPES.items():
-        assert shapes[key] == shape, key
+        assert found[key] == shape, key
     spec = get_model_spec("mfqev2")
     assert (spec.color, spec.window, spec.size_multiple, spec.temporal, spec.default_weights) == (
         "rgb", 3, 1, "pqf", None)
 
 
 def test_pqf_and_non_pqf_checkpoints_load_key_for_key(tmp_path: Path, single_thread):
-    template = _meta()
+    template = meta_model("mfqev2")
     for seed, name in ((1, "non_pqf_iter_600000.pth"), (2, "pqf_iter_600000.pth")):
-        state = _random_state(template, seed)
+        state = random_state(template, seed)
         path = tmp_path / name
-        torch.save(_official(state, 600000), path)
+        torch.save(mmedit_checkpoint(state, 600000), path)
         model, spec, used = build_model("mfqev2", str(path))
         assert used == str(path) and spec.name == "mfqev2" and not model.training
-        loaded = model.state_dict()
-        assert loaded.keys() == state.keys()
-        for key, value in state.items():
-            assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
+        assert_loaded_key_for_key(model, state)
 
 
 def test_checkpoint_without_spynet_buffers_and_foreign_checkpoints(tmp_path: Path, single_thread):
-    state = _random_state(_meta(), 3)
+    state = random_state(meta_model("mfqev2"), 3)
     del state["spynet.mean"], state["spynet.std"]
     path = tmp_path / "latest.pth"
-    torch.save({"state_dict": {"generator." + k: v for k, v in state.items()}}, path)
+    torch.save(mmedit_checkpoint(state), path)
     model, _, _ = build_model("mfqev2", str(path))
     assert torch.allclose(model.state_dict()["spynet.mean"].flatten(), torch.tensor([0.485, 0.456, 0.406]))
     bad = dict(state)
     bad["rec_conv.0.0.weight"] = torch.zeros(32, 96, 3, 3)  # e.g. a Y (1-channel) variant's shapes
-    torch.save({"state_dict": {"generator." + k: v for k, v in bad.items()}}, path)
+    torch.save(mmedit_checkpoint(bad), path)
     with pytest.raises(CheckpointError, match=r"rec_conv\.0\.0\.weight.*\[32, 96, 3, 3\]"):
         build_model("mfqev2", str(path))
     del bad["ks7_conv_list.2.weight"]
-    torch.save({"state_dict": {"generator." + k: v for k, v in bad.items()}}, path)
+    torch.save(mmedit_checkpoint(bad), path)
     with pytest.raises(CheckpointError, match=r"missing key 'ks7_conv_list\.2\.weight'"):
         build_model("mfqev2", str(path))
 
@@ -147,7 +110,7 @@ def _reference_forward(model: MFQEv2, x: torch.Tensor) -> torch.Tensor:
 def test_forward_aligns_pqfs_to_the_centre_and_adds_the_residual(single_thread):
     torch.manual_seed(0)
     model = MFQEv2().eval()
-    model.load_state_dict(_random_state(model, 4))
+    model.load_state_dict(random_state(model, 4))
     flow = _ConstFlow()
     model.spynet = flow
     x = torch.rand(2, 3, 3, 20, 28)

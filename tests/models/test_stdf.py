@@ -3,6 +3,7 @@ official key names, shapes and wrappers (../shared/research/models.md §2)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import torch
 from vsqe.errors import CheckpointError, ModelError
 from vsqe.models import build_model, get_model_spec
 from vsqe.models.checkpoint import load_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_checkpoints import random_state, shapes  # noqa: E402
 
 # Key -> shape of STDF-PyTorch's R3 Y checkpoint (ckp_290000.pt), without the `module.` prefix.
 STDF_PYTORCH_Y_SHAPES = {
@@ -25,11 +29,6 @@ STDF_PYTORCH_Y_SHAPES = {
     "qenet.hid_conv.10.weight": (48, 48, 3, 3),
     "qenet.out_conv.weight": (1, 48, 3, 3),
 }
-
-
-def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in model.state_dict().items()}
 
 
 def _to_powervqe(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,10 +51,10 @@ def _to_powervqe(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_stdf_y_matches_official_parameter_count_and_shapes():
     model = get_model_spec("stdf").build()
     assert sum(p.numel() for p in model.parameters()) == 364_510
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = shapes(model)
     for key, shape in STDF_PYTORCH_Y_SHAPES.items():
-        assert shapes[key] == shape, key
-    assert "qenet.hid_conv.1.weight" not in shapes  # ReLUs sit at the odd indices
+        assert found[key] == shape, key
+    assert "qenet.hid_conv.1.weight" not in found  # ReLUs sit at the odd indices
 
 
 def test_stdf_rgb_matches_powervqe_parameter_count():
@@ -73,47 +72,44 @@ def test_output_is_residual_plus_centre_frame():
         assert torch.equal(model(x), x[:, 3])
 
 
-def test_stdf_pytorch_checkpoint_loads_key_for_key(tmp_path: Path):
-    spec = get_model_spec("stdf")
-    reference = spec.build().eval()
-    state = _random_state(reference)
+# (model, file name, the official file's layout around our state dict, input [N, 7, C, H, W])
+OFFICIAL_CHECKPOINTS = {
+    "stdf-pytorch-y": (
+        "stdf",
+        "ckp_290000.pt",
+        lambda state: {
+            "num_iter_accum": 290000,
+            "state_dict": {"module." + k: v for k, v in state.items()},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+        },
+        (1, 7, 1, 16, 16),
+    ),
+    "powervqe-y": (
+        "stdf",
+        "iter_1000000.pth",
+        lambda state: {"meta": {"iter": 1000000}, "state_dict": _to_powervqe(state)},
+        (1, 7, 1, 8, 16),
+    ),
+    "powervqe-rgb": (
+        "stdf-rgb",
+        "iter_rgb.pth",
+        lambda state: {"meta": {}, "state_dict": _to_powervqe(state), "step_counter": torch.zeros(1)},
+        (1, 7, 3, 8, 8),
+    ),
+}
+
+
+@pytest.mark.parametrize("seed, layout", list(enumerate(OFFICIAL_CHECKPOINTS)), ids=list(OFFICIAL_CHECKPOINTS))
+def test_official_checkpoint_loads_into_the_same_network(tmp_path: Path, seed: int, layout: str):
+    name, filename, wrap, input_shape = OFFICIAL_CHECKPOINTS[layout]
+    reference = get_model_spec(name).build().eval()
+    state = random_state(reference, seed)
     reference.load_state_dict(state)
-    ckp = {
-        "num_iter_accum": 290000,
-        "state_dict": {"module." + k: v for k, v in state.items()},
-        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-    }
-    path = tmp_path / "ckp_290000.pt"
-    torch.save(ckp, path)
-    model, _, used = build_model("stdf", str(path))
+    path = tmp_path / filename
+    torch.save(wrap(state), path)
+    model, _, used = build_model(name, str(path))
     assert used == str(path)
-    x = torch.rand(1, 7, 1, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
-
-
-def test_powervqe_y_checkpoint_loads_into_the_same_network(tmp_path: Path):
-    spec = get_model_spec("stdf")
-    reference = spec.build().eval()
-    state = _random_state(reference, seed=1)
-    reference.load_state_dict(state)
-    path = tmp_path / "iter_1000000.pth"
-    torch.save({"meta": {"iter": 1000000}, "state_dict": _to_powervqe(state)}, path)
-    model, _, _ = build_model("stdf", str(path))
-    x = torch.rand(1, 7, 1, 8, 16)
-    with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
-
-
-def test_powervqe_rgb_checkpoint_loads(tmp_path: Path):
-    spec = get_model_spec("stdf-rgb")
-    reference = spec.build().eval()
-    state = _random_state(reference, seed=2)
-    reference.load_state_dict(state)
-    path = tmp_path / "iter_rgb.pth"
-    torch.save({"meta": {}, "state_dict": _to_powervqe(state), "step_counter": torch.zeros(1)}, path)
-    model, _, _ = build_model("stdf-rgb", str(path))
-    x = torch.rand(1, 7, 3, 8, 8)
+    x = torch.rand(input_shape)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
 
@@ -121,19 +117,19 @@ def test_powervqe_rgb_checkpoint_loads(tmp_path: Path):
 def test_foreign_checkpoint_names_the_mis_shaped_key(tmp_path: Path):
     rgb = get_model_spec("stdf-rgb").build()
     path = tmp_path / "rgb.pth"
-    torch.save({"state_dict": _to_powervqe(_random_state(rgb))}, path)
+    torch.save({"state_dict": _to_powervqe(random_state(rgb))}, path)
     with pytest.raises(CheckpointError, match=r"'ffnet\.in_conv\.0\.weight' has shape \[32, 21, 3, 3\]"):
         build_model("stdf", str(path))
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path: Path):
     model = get_model_spec("stdf").build()
-    state = _random_state(model)
+    state = random_state(model)
     del state["qenet.out_conv.bias"]
     torch.save(state, tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match=r"missing key 'qenet\.out_conv\.bias'"):
         build_model("stdf", str(tmp_path / "missing.pt"))
-    state = _random_state(model)
+    state = random_state(model)
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match=r"unexpected key 'extra\.weight'"):
@@ -160,7 +156,7 @@ def test_pickle_that_would_run_code_is_refused_without_running(tmp_path: Path):
 def test_truncated_empty_and_nan_checkpoints(tmp_path: Path):
     model = get_model_spec("stdf").build()
     good = tmp_path / "good.pt"
-    torch.save(_random_state(model), good)
+    torch.save(random_state(model), good)
     data = good.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
@@ -168,7 +164,7 @@ def test_truncated_empty_and_nan_checkpoints(tmp_path: Path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         build_model("stdf", str(tmp_path / "empty.pt"))
-    state = _random_state(model)
+    state = random_state(model)
     state["qenet.in_conv.0.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="NaN or Inf"):
@@ -181,7 +177,7 @@ def test_safetensors_weights_load(tmp_path: Path):
     from safetensors.torch import save_file
 
     model = get_model_spec("stdf").build()
-    state = _random_state(model, seed=3)
+    state = random_state(model, seed=3)
     save_file(state, tmp_path / "w.safetensors")
     loaded, _, _ = build_model("stdf", str(tmp_path / "w.safetensors"))
     assert torch.equal(loaded.state_dict()["qenet.out_conv.weight"], state["qenet.out_conv.weight"])
