@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,45 +22,18 @@ import torch
 from vsqe import hook
 from vsqe.io.formats import PixelFormat, VideoFrame
 
-
-class _Config(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t), ("model", ctypes.c_char_p), ("weights", ctypes.c_char_p),
-        ("backend", ctypes.c_char_p), ("width", ctypes.c_int), ("height", ctypes.c_int),
-        ("bit_depth", ctypes.c_int), ("chroma_format", ctypes.c_int), ("mode", ctypes.c_int),
-        ("sample_bytes", ctypes.c_int), ("threads", ctypes.c_int), ("allow_untrained", ctypes.c_int),
-    ]
-
-
-class _Picture(ctypes.Structure):
-    _fields_ = [
-        ("planes", ctypes.c_void_p * 3), ("strides", ctypes.c_ssize_t * 3), ("poc", ctypes.c_int),
-        ("slice_qp", ctypes.c_int), ("slice_type", ctypes.c_int), ("temporal_layer", ctypes.c_int),
-    ]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hook"))
+import hooklib  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lib() -> ctypes.CDLL:
-    path = hook.library_path()
-    if path is None:
-        pytest.skip("libvsqe_hook is not built (no Python embedding library when vsqe was installed)")
-    lib = ctypes.CDLL(str(path))
-    handle = ctypes.c_void_p
-    lib.vsqe_hook_config_init.argtypes = [ctypes.POINTER(_Config)]
-    lib.vsqe_hook_open.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(handle)]
-    for name in ("vsqe_hook_push", "vsqe_hook_filter_inloop"):
-        getattr(lib, name).argtypes = [handle, ctypes.POINTER(_Picture)]
-    lib.vsqe_hook_pull.argtypes = [handle, ctypes.POINTER(_Picture), ctypes.POINTER(ctypes.c_int)]
-    lib.vsqe_hook_flush.argtypes = [handle]
-    lib.vsqe_hook_close.argtypes = [handle]
-    lib.vsqe_hook_last_error.argtypes = [handle]
-    lib.vsqe_hook_last_error.restype = ctypes.c_char_p
-    return lib
+    return hooklib.bind(hooklib.library_path())
 
 
 def _open(lib, width: int, height: int, *, chroma: int = 1, bit_depth: int = 8, weights: str | None = None,
           mode: int = hook.MODE_POST) -> tuple[int, ctypes.c_void_p, str]:
-    cfg = _Config()
+    cfg = hooklib.Config()
     lib.vsqe_hook_config_init(ctypes.byref(cfg))
     cfg.model, cfg.width, cfg.height, cfg.chroma_format, cfg.bit_depth, cfg.mode = b"stdf", width, height, chroma, bit_depth, mode
     cfg.allow_untrained = 1
@@ -87,8 +61,8 @@ def test_open_refuses_sizes(lib, width, height, chroma, text) -> None:
     assert text in message
 
 
-def _picture(planes: list[np.ndarray], poc: int) -> _Picture:
-    pic = _Picture()
+def _picture(planes: list[np.ndarray], poc: int) -> hooklib.Picture:
+    pic = hooklib.Picture()
     for c, p in enumerate(planes):
         pic.planes[c] = p.ctypes.data
         pic.strides[c] = p.shape[1]

@@ -31,6 +31,9 @@ from vsqe import hook
 from vsqe.io.decode import open_video
 from vsqe.io.formats import PixelFormat, VideoFrame
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hooklib  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "cpp" / "hook" / "test_hook.c"
 STREAM = "city_416x240_hm_ldp_qp37.hevc"
@@ -45,10 +48,7 @@ RADIUS = 3  # STDF
 
 @pytest.fixture(scope="module")
 def library() -> Path:
-    path = hook.library_path()
-    if path is None:
-        pytest.skip("libvsqe_hook is not built (no Python embedding library when vsqe was installed)")
-    return path
+    return hooklib.library_path()
 
 
 @pytest.fixture(scope="module")
@@ -240,40 +240,12 @@ def test_missing_python_environment_is_an_error(test_hook_exe, tmp_path) -> None
 # --- a host that already runs Python ---------------------------------------------------------------
 
 
-class _Config(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t), ("model", ctypes.c_char_p), ("weights", ctypes.c_char_p),
-        ("backend", ctypes.c_char_p), ("width", ctypes.c_int), ("height", ctypes.c_int),
-        ("bit_depth", ctypes.c_int), ("chroma_format", ctypes.c_int), ("mode", ctypes.c_int),
-        ("sample_bytes", ctypes.c_int), ("threads", ctypes.c_int), ("allow_untrained", ctypes.c_int),
-    ]
-
-
-class _Picture(ctypes.Structure):
-    _fields_ = [
-        ("planes", ctypes.c_void_p * 3), ("strides", ctypes.c_ssize_t * 3), ("poc", ctypes.c_int),
-        ("slice_qp", ctypes.c_int), ("slice_type", ctypes.c_int), ("temporal_layer", ctypes.c_int),
-    ]
-
-
-def _bind(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
-    handle = ctypes.c_void_p
-    lib.vsqe_hook_config_init.argtypes = [ctypes.POINTER(_Config)]
-    lib.vsqe_hook_open.argtypes = [ctypes.POINTER(_Config), ctypes.POINTER(handle)]
-    lib.vsqe_hook_filter_inloop.argtypes = [handle, ctypes.POINTER(_Picture)]
-    lib.vsqe_hook_close.argtypes = [handle]
-    lib.vsqe_hook_last_error.argtypes = [handle]
-    lib.vsqe_hook_last_error.restype = ctypes.c_char_p
-    return lib
-
-
 def test_python_host_keeps_its_interpreter(library) -> None:
     from vsqe.pipeline.enhancer import Enhancer
 
-    lib = _bind(library)
+    lib = hooklib.bind(library)
     assert lib.vsqe_hook_version() == 10100
-    cfg = _Config()
+    cfg = hooklib.Config()
     lib.vsqe_hook_config_init(ctypes.byref(cfg))
     cfg.model, cfg.width, cfg.height, cfg.mode, cfg.allow_untrained = b"no-such-model", 32, 32, hook.MODE_INLOOP, 1
     h = ctypes.c_void_p()
@@ -291,7 +263,7 @@ def test_python_host_keeps_its_interpreter(library) -> None:
         for v in visible:
             v[...] = rng.integers(0, 256, v.shape)
         before = [v.copy() for v in visible]
-        pic = _Picture()
+        pic = hooklib.Picture()
         for c, (buf, v) in enumerate(zip([luma, *chroma], visible)):
             pic.planes[c] = v.ctypes.data
             pic.strides[c] = buf.shape[1]
