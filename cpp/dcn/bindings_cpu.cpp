@@ -3,6 +3,7 @@
 // contiguity and lifetime. The GIL is released while the kernels run.
 #include <pybind11/pybind11.h>
 
+#include "bindings_common.h"
 #include "dcn_cpu.h"
 #include "shape_arg.h"
 #include "thread_pool.h"
@@ -30,36 +31,22 @@ PYBIND11_MODULE(_dcn_cpu, m) {
       "Fused forward (AVX-512): out [N, Cout, Ho, Wo] from fp32 weight [Cout, C/groups*K] and "
       "fp32 bias (address 0 = none).");
 
-  m.def(
-      "im2col",
-      [](int input_dtype, uintptr_t input, int offset_dtype, uintptr_t offset, uintptr_t mask,
-         uintptr_t cols, const std::vector<int64_t>& shape, int n, int64_t p0, int64_t p1,
-         int nthreads, bool simd) {
-        const Shape s = shape_from(shape);
-        const DType di = dtype_from(input_dtype), dof = dtype_from(offset_dtype);
-        py::gil_scoped_release nogil;
-        cpu::im2col(di, ptr(input), dof, ptr(offset), ptr(mask), ptr(cols), s, n, p0, p1,
+  def_im2col(
+      m,
+      [](const Im2colArgs& a, int n, int64_t p0, int64_t p1, int nthreads, bool simd) {
+        cpu::im2col(a.input_dtype, a.input, a.offset_dtype, a.offset, a.mask, a.cols, a.s, n, p0, p1,
                     nthreads, simd);
       },
-      py::arg("input_dtype"), py::arg("input"), py::arg("offset_dtype"), py::arg("offset"),
-      py::arg("mask"), py::arg("cols"), py::arg("shape"), py::arg("n"), py::arg("p0"),
-      py::arg("p1"), py::arg("nthreads") = 1, py::arg("simd") = true,
+      py::arg("n"), py::arg("p0"), py::arg("p1"), py::arg("nthreads") = 1, py::arg("simd") = true,
       "Deformable im2col of output pixels [p0, p1) of image n into cols [C*K, p1 - p0].");
 
-  m.def(
-      "col2im",
-      [](int dtype, uintptr_t input, uintptr_t offset, uintptr_t mask, uintptr_t grad_cols,
-         uintptr_t grad_input, uintptr_t grad_offset, uintptr_t grad_mask,
-         const std::vector<int64_t>& shape, int n, int64_t p0, int64_t p1, int nthreads) {
-        const Shape s = shape_from(shape);
-        const DType d = dtype_from(dtype);
-        py::gil_scoped_release nogil;
-        cpu::col2im(d, ptr(input), ptr(offset), ptr(mask), ptr(grad_cols), ptr(grad_input),
-                    ptr(grad_offset), ptr(grad_mask), s, n, p0, p1, nthreads);
+  def_col2im(
+      m,
+      [](const Col2imArgs& a, int n, int64_t p0, int64_t p1, int nthreads) {
+        cpu::col2im(a.dtype, a.input, a.offset, a.mask, a.grad_cols, a.grad_input, a.grad_offset,
+                    a.grad_mask, a.s, n, p0, p1, nthreads);
       },
-      py::arg("dtype"), py::arg("input"), py::arg("offset"), py::arg("mask"),
-      py::arg("grad_cols"), py::arg("grad_input"), py::arg("grad_offset"), py::arg("grad_mask"),
-      py::arg("shape"), py::arg("n"), py::arg("p0"), py::arg("p1"), py::arg("nthreads") = 1,
+      py::arg("n"), py::arg("p0"), py::arg("p1"), py::arg("nthreads") = 1,
       "Backward of im2col for pixels [p0, p1) of image n (f32 or f64); adds into grad_input.");
 
   m.def("has_avx512", &cpu::has_avx512, "Whether the AVX-512 im2col path runs on this CPU.");
