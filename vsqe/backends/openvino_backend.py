@@ -15,7 +15,22 @@ from vsqe.errors import BackendError
 from vsqe.ops import deform_conv2d
 
 
+def _no_telemetry() -> None:
+    """Keep OpenVINO's converter from sending usage telemetry (on by default, opt-out).
+
+    vsqe sends nothing on anyone's behalf; and the sender forks a process from a thread pool while
+    vsqe's decode/encode threads run, and the forked child can deadlock on a lock one of them held,
+    then the interpreter waits for it at exit (seen in `vsqe bench --end-to-end`: a hang after
+    the last table). Declining consent before the converter's first import stops every event."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing to send
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
 def openvino_available() -> bool:
+    _no_telemetry()  # before the first import of openvino, which starts its telemetry
     try:
         import openvino  # noqa: F401
     except ImportError:
