@@ -24,7 +24,7 @@ def test_end_to_end_and_ort_rows(vsqe_cli, shared_data: Path, tmp_path: Path):
     assert float(model_rows[1][7]) < 1e-4  # ORT's DeformConv computes what ours does
     assert [r[0] for r in e2e_rows] == ["reference", "ort-fp32"]
     for r in e2e_rows:
-        assert int(r[2]) == 6 and float(r[4]) > 0 and r[5].endswith("%") and float(r[8]) > 0
+        assert int(r[2]) == 6 and float(r[4]) > 0 and r[5].endswith("%") and float(r[7]) > 0 and float(r[9]) > 0
     assert "end-to-end `vsqe run`" in md.read_text()
 
 

@@ -9,7 +9,9 @@ time between them, so model build, first-call compilation and pipeline fill are 
 the model-only figure.
 
 Next to it: how busy the model was during that time (the fraction of wall time inside the
-backend; near 100% means decoding, conversion and encoding hid behind inference), and the
+backend; near 100% means decoding, conversion and encoding hid behind inference), the model's
+own rate inside the run (frames per backend-second: below model-only when `vsqe run` tiles the
+frame, above 1280x720, or when the codec threads take CPU from inference), and the
 process's RSS sampled every 50 ms (peak, and growth after warm-up: flat means bounded memory).
 """
 from __future__ import annotations
@@ -168,6 +170,7 @@ class EndToEnd:
     frames: int  # frames written
     fps: float  # steady state
     busy: float  # fraction of the steady-state wall time spent inside the backend
+    model_fps_in_run: float  # frames per second of backend time in the run (tiles included)
     tile: int | None  # the tile size the Enhancer chose (None: whole frames)
     peak_rss_mb: float
     rss_growth_mb: float  # RSS at the end minus RSS after the warm-up frames
@@ -216,10 +219,12 @@ def _summarise(times: list[float], timed: TimedBackend, enhancer, info, warmup: 
     count = n - 1 - w if n >= 2 else n
     seconds = max(t1 - t0, 1e-9)
     marked = rss.marked if rss.marked is not None else rss.end
+    busy = timed.busy(t0, t1)
     return EndToEnd(
         frames=n,
         fps=count / seconds,
-        busy=timed.busy(t0, t1) / seconds,
+        busy=busy / seconds,
+        model_fps_in_run=count / max(busy, 1e-9),
         tile=enhancer._tile_for(info.height, info.width),
         peak_rss_mb=rss.peak,
         rss_growth_mb=rss.end - marked,

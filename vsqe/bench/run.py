@@ -214,23 +214,24 @@ def format_end_to_end(model: str, rows: list[E2ERow]) -> str:
         "",
         "Steady-state frames/s after the warm-up frames; model busy = share of that wall time spent "
         "inside the backend (decode, conversion and encode overlap with it when near 100%); "
-        "tiles = the tile size `vsqe run` picked (whole frames when –); RSS sampled every 50 ms, "
-        "growth = end of run minus after warm-up.",
+        "model in run = frames per second of backend time during the run (tiles and CPU taken by the "
+        "codec threads included); tiles = the tile size `vsqe run` picked (whole frames when –); "
+        "RSS sampled every 50 ms, growth = end of run minus after warm-up.",
         "",
-        "| backend | size | frames | model-only fps | end-to-end fps | e2e / model | model busy | tiles | peak RSS MB | RSS growth MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | size | frames | model-only fps | end-to-end fps | e2e / model | model busy | model in run fps | tiles | peak RSS MB | RSS growth MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         model_fps = "–" if r.model_fps is None else f"{r.model_fps:.2f}"
         if r.result is None:
-            lines.append(f"| {r.backend} | {r.size} | | {model_fps} | failed: {_cell(r.error or '')} | | | | | |")
+            lines.append(f"| {r.backend} | {r.size} | | {model_fps} | failed: {_cell(r.error or '')} | | | | | | |")
             continue
         e = r.result
         ratio = "–" if r.ratio is None else f"{100 * r.ratio:.0f}%"
         tile = "–" if e.tile is None else str(e.tile)
         lines.append(
             f"| {r.backend} | {r.size} | {e.frames} | {model_fps} | {e.fps:.2f} | {ratio} | {100 * e.busy:.0f}% | "
-            f"{tile} | {e.peak_rss_mb:.0f} | {e.rss_growth_mb:+.0f} |"
+            f"{e.model_fps_in_run:.2f} | {tile} | {e.peak_rss_mb:.0f} | {e.rss_growth_mb:+.0f} |"
         )
     return "\n".join(lines) + "\n"
 
