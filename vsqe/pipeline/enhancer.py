@@ -45,9 +45,11 @@ from vsqe.pipeline.window import sliding_windows
 
 # Above this many pixels a frame is processed in tiles, to bound activation memory (STDF keeps
 # about 64 + 189 + 48 float channels per pixel alive: ~1.2 KB/px, ~2.5 GB at 1080p untiled).
-DEFAULT_TILE_PIXELS = 1280 * 720
+# 1080p itself runs whole: 512-px tiles with their 64-px overlaps cost 1.9x the model work there.
+DEFAULT_TILE_PIXELS = 1920 * 1088
 # Recurrent models hold ~100 B per pixel per segment frame (BasicVSR++ C64); frames above
-# DEFAULT_TILE_PIXELS run in tiles of at most this size (docs/basicvsrpp.md, memory).
+# SEGMENT_TILE_PIXELS run in tiles of at most DEFAULT_SEGMENT_TILE (docs/basicvsrpp.md, memory).
+SEGMENT_TILE_PIXELS = 1280 * 720
 DEFAULT_SEGMENT_TILE = 720
 
 log = logging.getLogger("vsqe.pipeline")
@@ -194,7 +196,7 @@ class Enhancer:
     def _segment_tile_for(self, height: int, width: int) -> int | None:
         if self.tile is not None:
             return self.tile
-        if height * width <= DEFAULT_TILE_PIXELS:
+        if height * width <= SEGMENT_TILE_PIXELS:
             return None
         return DEFAULT_SEGMENT_TILE
 
