@@ -11,14 +11,9 @@ import os
 import shlex
 import sys
 
+from vsqe.commands.arguments import positive_int
+
 DEFAULT_SIZES = "416x240,832x480,1280x720,1920x1080"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default=DEFAULT_SIZES, help=f"comma-separated WxH (default {DEFAULT_SIZES})")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for inference (default: torch's)")
+    p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for inference (default: torch's)")
     p.add_argument("--weights", metavar="FILE", help="weights to load (speed does not depend on them)")
     p.add_argument("--quick", action="store_true", help="smaller peak measurements (for tests)")
     p.add_argument("--markdown", metavar="FILE", help="append the result table to this markdown file")
@@ -48,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--end-to-end", action="store_true",
                    help="also time `vsqe run` in process (decode, model, x265 encode) on a real QP37 stream of "
                         "each size, with its peak RSS")
-    e.add_argument("--frames", type=_positive, metavar="N",
+    e.add_argument("--frames", type=positive_int, metavar="N",
                    help="frames per end-to-end run (default 30; sizes other than 416x240 and 832x480 get a stream "
                         "of N frames made from phone_832x480.y4m) and per accuracy clip (default: all)")
     e.add_argument("--e2e-warmup", type=int, default=3, metavar="N",

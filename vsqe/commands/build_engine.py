@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from vsqe.commands.arguments import positive_int
+
 log = logging.getLogger("vsqe.build_engine")
 
 PROFILES = Path(__file__).resolve().parents[2] / "trt" / "profiles.toml"
@@ -28,20 +30,13 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="stdf", help="registered model name (default: %(default)s)")
     p.add_argument("--weights", metavar="FILE", help="checkpoint to load (default: the model's shipped weights)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="export random weights when the model has no trained default (tests and demos only)")
     p.add_argument("--shape", type=_size, metavar="WxH", help="(optimisation) input size; default from trt/profiles.toml")
-    p.add_argument("--frames", type=_positive, metavar="T", help="recurrent models: frames per segment")
+    p.add_argument("--frames", type=positive_int, metavar="T", help="recurrent models: frames per segment")
     p.add_argument("--fp16", action="store_true", default=None, help="fp16 (DCN, offsets, flows, last conv stay fp32)")
     p.add_argument("--fp32", dest="fp16", action="store_false", help="fp32 (overrides the profile's precision)")
 
@@ -61,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--max", type=_size, metavar="WxH", help="largest input of a dynamic-shape engine")
     b.add_argument("--static", action="store_true", help="static shape even if the profile has min/max")
     b.add_argument("--dcn", choices=["native", "plugin"], help="DCN via TensorRT's DeformConv import or our plugin")
-    b.add_argument("--workspace", type=_positive, metavar="MB", help="builder workspace limit (MiB)")
+    b.add_argument("--workspace", type=positive_int, metavar="MB", help="builder workspace limit (MiB)")
     b.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
                    help="builder optimisation level (default: %(default)s)")
     b.add_argument("--cache", metavar="DIR", help="engine cache (default: $VSQE_TRT_CACHE or ~/.cache/vsqe/trt)")

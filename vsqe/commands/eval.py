@@ -9,16 +9,10 @@ import contextlib
 import logging
 import sys
 
+from vsqe.commands.arguments import positive_int
 from vsqe.errors import FramesLostError
 
 log = logging.getLogger("vsqe.eval")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--enh", metavar="FILE", help="the enhanced video")
     p.add_argument("--csv", metavar="FILE", help="write one row per frame here")
     p.add_argument("--plot", metavar="FILE.png", help="write the per-frame Y-PSNR curves here")
-    p.add_argument("--frames", type=_positive, metavar="N", help="compare only the first N frames")
+    p.add_argument("--frames", type=positive_int, metavar="N", help="compare only the first N frames")
     p.set_defaults(handler=eval_command)
 
 

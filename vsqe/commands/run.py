@@ -13,18 +13,12 @@ import os
 import sys
 import time
 
+from vsqe.commands.arguments import positive_int
 from vsqe.errors import FramesLostError
 
 log = logging.getLogger("vsqe.run")
 
 _QUEUE_DEPTH = 4  # frames decoded ahead / waiting to be encoded: a few, to smooth out stalls
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -67,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--backend", default="auto", help="inference backend (default: %(default)s)")
     m.add_argument("--allow-untrained", action="store_true",
                    help="run with random weights when the model has no trained default (tests and demos only)")
-    m.add_argument("--tile", type=_positive, metavar="N", help="process frames in N x N tiles (bounds memory)")
+    m.add_argument("--tile", type=positive_int, metavar="N", help="process frames in N x N tiles (bounds memory)")
     m.add_argument("--overlap", type=int, default=64, metavar="N", help="tile overlap in pixels (default: %(default)s)")
-    m.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for inference")
+    m.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for inference")
     m.add_argument("--segment-length", type=int, metavar="N",
                    help="recurrent models (basicvsrpp): output frames per segment (default: the model's)")
     m.add_argument("--segment-overlap", type=int, metavar="N",
@@ -92,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--codec-opt", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="encoder option passed to FFmpeg as is (repeatable), e.g. x265-params=aq-mode=3")
     o = p.add_argument_group("run")
-    o.add_argument("--frames", type=_positive, metavar="N", help="enhance only the first N frames")
+    o.add_argument("--frames", type=positive_int, metavar="N", help="enhance only the first N frames")
     o.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(handler=run_command)
 
