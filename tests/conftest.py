@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("VSQE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -88,3 +89,12 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
         "png_named_mkv": folder / "png_named.mkv",
         "audio_only": audio,
     }
+
+
+@pytest.fixture
+def single_thread():
+    """Narrow networks run faster on one thread (no OpenMP barriers), and much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

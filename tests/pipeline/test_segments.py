@@ -248,15 +248,6 @@ def test_tiles_with_scale_equal_the_untiled_result_for_a_pointwise_model():
 
 
 @pytest.fixture
-def single_thread():
-    """Narrow networks run faster on one thread (no OpenMP barriers), and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def tiny_basicvsrpp(single_thread):
     from vsqe.models.basicvsrpp import BasicVSRPlusPlus
 
