@@ -1,6 +1,7 @@
 """`vsqe build-engine` (a TensorRT engine into the cache) and `vsqe export-onnx` (the ONNX file).
 
     vsqe export-onnx --model stdf --shape 1280x720 stdf.onnx [--static] [--fp16] [--dcn plugin] [--check]
+    vsqe export-onnx --model basicvsrpp --shape 720x720 DIR [--whole-segment --frames T]   (per-step graphs)
     vsqe build-engine --model stdf --shape 1280x720 [--fp16] [--dcn native|plugin]
                       [--min 64x64 --max 1920x1088] [--workspace MB] [--cache DIR]
 
@@ -74,13 +75,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "torch on a random input."
         ),
     )
-    e.add_argument("output", help="the .onnx file to write (replaced only when complete)")
+    e.add_argument("output", help="the .onnx file to write (replaced only when complete); BasicVSR++: a folder of step graphs")
     _model_options(e)
     e.add_argument("--static", action="store_true", help="fixed H and W")
     e.add_argument("--dcn", choices=["onnx", "plugin"], default="onnx",
                    help="DCN as ONNX DeformConv (default) or as the VsqeDeformConv2d plugin node")
     e.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     e.add_argument("--check", action="store_true", help="run it in ONNX Runtime and compare with torch")
+    e.add_argument("--whole-segment", action="store_true",
+                   help="BasicVSR++: one graph of a whole --frames segment instead of the per-step graphs")
     e.set_defaults(handler=export_onnx_command)
 
 
@@ -119,6 +122,8 @@ def export_onnx_command(args: argparse.Namespace) -> int:
 
     spec, _, (h, w), frames, _ = _resolve(args)
     fp16 = bool(args.fp16)  # the profile's precision is for engines; an ONNX file is fp32 unless asked
+    if not args.whole_segment and _has_step_export(spec):
+        return _export_steps_command(args, h, w, fp16)
     try:
         proto, spec, shape = vx.export_model(
             args.model, h, w, weights=args.weights, allow_untrained=args.allow_untrained, frames=frames,
@@ -135,6 +140,53 @@ def export_onnx_command(args: argparse.Namespace) -> int:
     if args.check:
         _check(args, proto, spec, shape, fp16)
     return 0
+
+
+def _has_step_export(spec) -> bool:
+    """BasicVSR++ models export per step (vsqe/export/basicvsrpp_onnx.py)."""
+    from vsqe.models.basicvsrpp import BasicVSRPlusPlus
+
+    return getattr(spec.build, "func", spec.build) is BasicVSRPlusPlus
+
+
+def _export_steps_command(args: argparse.Namespace, h: int, w: int, fp16: bool) -> int:
+    """BasicVSR++: the per-step graphs and a manifest into the folder `args.output`."""
+    from vsqe.errors import ModelError
+    from vsqe.export import basicvsrpp_onnx as bo
+    from vsqe.export import onnx as vx
+
+    try:
+        module, shapes, graphs = bo.export_model_steps(
+            args.model, h, w, weights=args.weights, allow_untrained=args.allow_untrained, dcn=args.dcn, fp16=fp16)
+    except vx.ExportError as exc:
+        raise ModelError(str(exc)) from None
+    manifest = bo.save_steps(graphs, args.output, model=args.model, shapes=shapes, dcn=args.dcn, fp16=fp16)
+    nodes = sum(len(g.graph.node) for g in graphs.values())
+    sys.stderr.write(
+        f"vsqe: wrote {len(graphs)} step graphs + {manifest.name} to {manifest.parent} ({nodes} nodes, "
+        f"DCN as {'DeformConv' if args.dcn == 'onnx' else vx.PLUGIN_NAME}, static {shapes.width}x{shapes.height}, "
+        f"{'fp16' if fp16 else 'fp32'})\n"
+    )
+    if args.check:
+        _check_steps(module, shapes, graphs, args.frames or 4, fp16)
+    return 0
+
+
+def _check_steps(module, shapes, graphs, frames: int, fp16: bool) -> None:
+    import torch
+
+    from vsqe.errors import ModelError
+    from vsqe.export import basicvsrpp_onnx as bo
+
+    x = torch.rand(shapes.batch, frames, 3, shapes.height, shapes.width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = module(x)
+    err = float((bo.StepRunner(graphs, shapes)(x) - ref).abs().max())
+    bound = 1e-2 if fp16 else 1e-4
+    sys.stderr.write(f"vsqe: ONNX Runtime (step graphs, {frames} frames) vs torch at {shapes.width}x{shapes.height}: "
+                     f"max abs diff {err:.3g} ({'ok' if err <= bound else 'TOO LARGE'}, bound {bound})\n")
+    if err > bound:
+        raise ModelError(f"ONNX Runtime output differs from torch by {err:.3g} (> {bound})")
 
 
 def _check(args, proto, spec, shape, fp16: bool) -> None:
