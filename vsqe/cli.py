@@ -17,6 +17,8 @@ import logging
 import os
 import pkgutil
 import signal
+
+from vsqe import signals
 import sys
 import traceback
 from typing import NoReturn, Sequence
@@ -88,14 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so the same clean-up as Ctrl-C runs."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
@@ -146,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signals.install()
     except ValueError:  # not the main thread (main() called from a thread): leave signals alone
         previous = None
     try:
@@ -156,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return exc.exit_code
-    except _Terminated:
+    except signals.Terminated:
         _error("terminated (SIGTERM)")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
@@ -177,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signals.restore(previous)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,14 @@ def _env() -> dict[str, str]:
 
 def _start(args: list, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "vsqe", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), **kwargs)
+                            stderr=subprocess.PIPE, text=True, env=_env(), preexec_fn=_sigint_default, **kwargs)
+
+def _sigint_default() -> None:
+    """preexec_fn of children a test interrupts: a test run started in the background by a
+    non-interactive shell inherits SIGINT *ignored*, and a Python child keeps ignoring it (it then
+    finishes normally and the test fails for a reason that is not vsqe's)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 
 def _wait_for_temporary(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

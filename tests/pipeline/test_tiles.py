@@ -23,7 +23,9 @@ def test_spans_keep_every_pixel_once(size: int, tile: int, overlap: int) -> None
 def test_tiled_equals_untiled_on_a_real_window(shared_file) -> None:
     from vsqe.pipeline.enhancer import Enhancer
 
-    torch.manual_seed(0)  # the untrained network: the check is about geometry, not quality
+    torch.manual_seed(0)
+    # The shipped weights when installed (else the seed-0 untrained network). A trained STDF needs
+    # an overlap of about 32 px for tiles to be exact (16 px left 0.5 levels on this clip).
     enhancer = Enhancer("stdf", require_weights=False)
     with open_video(shared_file("city_416x240_hm_ldp_qp37.hevc")) as reader:
         window = list(itertools.islice(reader, enhancer.spec.window))
@@ -32,7 +34,7 @@ def test_tiled_equals_untiled_on_a_real_window(shared_file) -> None:
     x = frames_to_luma_tensor(window)[..., 60:150, 150:268]
     enhancer.tile = None
     whole = enhancer.enhance_tensor(x)
-    enhancer.tile, enhancer.overlap = 64, 16
+    enhancer.tile, enhancer.overlap = 96, 32
     tiled = enhancer.enhance_tensor(x)
     assert tiled.shape == whole.shape == (1, 1, 90, 118)
     assert (tiled - whole).abs().max().item() < 1e-4

@@ -286,6 +286,7 @@ def _count_raw_pictures(path: str, info) -> int | None:
 
 def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progress: bool, pqf=None) -> int:
     """Runs the three stages; returns the number of frames written."""
+    from vsqe import signals
     from vsqe.io.threads import ReadAhead, WriteBehind
     from vsqe.progress import Progress
 
@@ -299,10 +300,13 @@ def _pump(reader, enhancer, writer, total: int | None, limit: int | None, progre
         else:
             flags = pqf.flags if pqf.flags is not None else pqf.flags_iter
             stream = enhancer.enhance_stream(source, pqf_flags=flags, pqf_score=pqf.score)
-        for frame in stream:
-            sink.put(frame)
-            bar.update()
-        sink.finish()
+        with signals.deferred():  # a signal stops the run at the next frame (vsqe/signals.py says why)
+            for frame in stream:
+                signals.check()
+                sink.put(frame)
+                bar.update()
+            signals.check()
+            sink.finish()
     finally:
         # On success both threads have ended; on any error or Ctrl-C they are stopped here, and the
         # writer's context manager then removes the unfinished output.
