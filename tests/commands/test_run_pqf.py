@@ -79,7 +79,8 @@ def test_pqf_every_n_matches_the_rule(small_y4m, weights, tmp_path, capsys):
                "--pqf", "every:3", "--no-progress", "-v"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert _pqf_line(err).endswith(f"PQFs from every 3: 3 of {FRAMES} frames [0, 3, 6], look-ahead 6")
+    # The fixed rule needs no look at the frames: flags as they stream in, look-ahead 2x the period.
+    assert _pqf_line(err).endswith("PQFs from every 3, found as the frames stream in, look-ahead 6")
     # One set of weights: used for both networks, said once.
     assert err.count("no PQF weights given") == 1
     assert len(_decoded(out)) == FRAMES
@@ -95,17 +96,53 @@ def test_y4m_without_slice_qps_falls_back_to_the_estimator(small_y4m, tmp_path, 
     assert "PQFs from estimate" in err and "Traceback" not in err
 
 
-def test_qps_that_do_not_line_up_with_the_decoded_frames_fall_back(shared_file, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    ("trim", "message"),
+    [
+        (lambda qps: qps[:-1], "the PQF flags cover 2 frames, the decoder gave more (frame 2)"),
+        (lambda qps: qps + [37], "the PQF flags cover 4 frames, the decoder gave 3"),
+    ],
+)
+def test_qps_that_do_not_line_up_with_the_decoded_frames_fall_back(shared_file, tmp_path, capsys, monkeypatch, trim, message):
+    """Found while streaming (the input is decoded once): the output is dropped and the run
+    decodes again with estimated flags; the result has every frame."""
+    from vsqe.pipeline import pqf_schedule
+
+    real = pqf_schedule.bitstream_qps
+    monkeypatch.setattr(pqf_schedule, "bitstream_qps", lambda path, count=None: trim(real(path, count)))
+    out = tmp_path / "o.y4m"
+    rc = main(["run", str(shared_file(STREAM)), str(out), "--model", "mfqev2", "--allow-untrained",
+               "--frames", "3", "--no-progress", "-v", "--pqf-lookahead", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert message in err and "decoding again" in err
+    assert "PQFs from estimate" in err and "look-ahead 2" in err
+    assert len(_decoded(out)) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["o.y4m"]  # no leftover of the dropped attempt
+
+
+def test_misaligned_qps_on_a_pipe_output_fail_in_one_line(shared_file, tmp_path, monkeypatch, capsys):
+    """Frames already written to stdout cannot be taken back: exit non-zero naming the problem."""
     from vsqe.pipeline import pqf_schedule
 
     real = pqf_schedule.bitstream_qps
     monkeypatch.setattr(pqf_schedule, "bitstream_qps", lambda path, count=None: real(path, count)[:-1])
-    rc = main(["run", str(shared_file(STREAM)), str(tmp_path / "o.y4m"), "--model", "mfqev2", "--allow-untrained",
-               "--frames", "3", "--no-progress", "-v", "--pqf-lookahead", "2"])
+    monkeypatch.setattr(sys, "stdout", open(tmp_path / "pipe.y4m", "w"))
+    rc = main(["run", str(shared_file(STREAM)), "-", "--model", "mfqev2", "--allow-untrained",
+               "--frames", "3", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    errors = [line for line in err.splitlines() if "run again with --pqf estimate" in line]
+    assert len(errors) == 1 and "the PQF flags cover 2 frames" in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_estimate_on_a_file_scores_frames_as_they_arrive(small_y4m, tmp_path, capsys):
+    rc = main(["run", str(small_y4m), str(tmp_path / "o.y4m"), "--model", "mfqev2", "--allow-untrained",
+               "--pqf", "estimate", "--frames", "5", "--no-progress", "-v"])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "the slice headers give 2 output frames, the decoder 3" in err
-    assert "PQFs from estimate" in err and "look-ahead 2" in err
+    assert "PQFs from estimate, found as the frames stream in, look-ahead 8" in err
 
 
 def test_stream_without_parameter_sets_gives_a_one_line_warning(shared_file, tmp_path):

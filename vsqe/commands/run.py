@@ -101,6 +101,7 @@ def run_command(args: argparse.Namespace) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vsqe.io.decode import open_video
     from vsqe.io.encode import EncodeSettings, VideoWriter, check_output_path, plan_output
+    from vsqe.pipeline.pqf_schedule import PqfMisaligned
 
     # Every check that can fail runs before the output file exists: input, output, model, encoder.
     plan = plan_output(args.output, args.codec)
@@ -116,22 +117,40 @@ def run_command(args: argparse.Namespace) -> int:
             codec=plan.codec, crf=args.crf, qp=args.qp, preset=args.preset, options=dict(args.codec_opt)
         )
         copy_from = args.input if info.has_timestamps and info.container != "yuv4mpegpipe" else None
-        writer = VideoWriter(plan, info, settings, copy_streams_from=copy_from)
-        writer.trim_copied_streams = args.frames is not None
-        total = info.frame_count if info.frame_count is not None else _count_raw_pictures(args.input, info)
+        total = info.frame_count
+        if total is None:  # a raw Annex-B stream: count its pictures, from the PQF parse if there was one
+            total = len(pqf.flags) if pqf is not None and pqf.flags is not None else _count_raw_pictures(args.input, info)
         if args.frames is not None:
             total = min(args.frames, total) if total is not None else args.frames
         quiet = getattr(args, "quiet", False)
+        progress = not (args.no_progress or quiet)
+
+        def encode(reader, pqf) -> int:
+            writer = VideoWriter(plan, info, settings, copy_streams_from=copy_from)
+            writer.trim_copied_streams = args.frames is not None
+            with writer:  # an error inside removes the unfinished output
+                return _pump(reader, enhancer, writer, total, args.frames, progress=progress, pqf=pqf)
+
         start = time.monotonic()
-        with writer:
-            done = _pump(reader, enhancer, writer, total, args.frames, progress=not (args.no_progress or quiet), pqf=pqf)
+        try:
+            done = encode(reader, pqf)
+        except PqfMisaligned as exc:
+            if args.output == "-":  # frames already went down the pipe: nothing to redo
+                raise PqfMisaligned(f"{args.input}: {exc}; run again with --pqf estimate") from None
+            # Rare (a decoder that drops or adds pictures): the file output was removed, so decode
+            # again with flags found on the fly; this is the only case that decodes twice.
+            log.warning("%s: %s; PQFs from the no-reference estimator instead (decoding again)", args.input, exc)
+            reader.close()
+            reader = open_video(args.input)
+            done = encode(reader, _pqf_plan(args, enhancer, mode="estimate"))
         seconds = time.monotonic() - start
     finally:
         reader.close()
     if not quiet:
         where = "stdout" if args.output == "-" else args.output
         sys.stderr.write(
-            f"vsqe: {done} frames in {seconds:.1f} s ({done / seconds if seconds > 0 else 0:.2f} fps) -> {where}\n"
+            f"vsqe: {done} frames in {seconds:.1f} s ({done / seconds if seconds > 0 else 0:.2f} fps) -> {where}"
+            f" (backend {_backend_label(enhancer.backend)})\n"
         )
     if not reader.stats.clean:
         raise FramesLostError(
@@ -190,8 +209,18 @@ def _build_enhancer(args: argparse.Namespace):
     return enhancer
 
 
+def _backend_label(backend) -> str:
+    """The backend that ran: auto's concrete choice(s), e.g. 'openvino-bf16 (auto)'."""
+    chosen = getattr(backend, "chosen", None)
+    if chosen is None:
+        return backend.name
+    return f"{'+'.join(chosen) or 'none'} (auto)"
+
+
 class _PqfPlan:
-    """The PQF flags of the frames `vsqe run` will decode (or a per-frame score, for stdin)."""
+    """Where `vsqe run` gets the PQF flags of the frames it decodes: a list made up front from
+    slice-header QPs (checked against the decoded frames while streaming), an endless rule
+    (every:N), or a per-frame score found as the frames arrive (the estimator)."""
 
     def __init__(self, flags: list[bool] | None, lookahead: int, source: str, score=None, flags_iter=None) -> None:
         self.flags = flags
@@ -201,38 +230,27 @@ class _PqfPlan:
         self.score = score
 
 
-def _pqf_plan(args: argparse.Namespace, enhancer) -> _PqfPlan | None:
-    """Flags in display order, aligned with the frames PyAV decodes (checked by counting them)."""
+def _pqf_plan(args: argparse.Namespace, enhancer, mode: str | None = None) -> _PqfPlan | None:
+    """The input is decoded once, by the run itself: slice QPs come from a header-only parse, the
+    fixed rule needs no frames, and the estimator scores each frame as it streams past."""
     if enhancer.spec.temporal != "pqf":
         return None
     from vsqe.pipeline import pqf_schedule as ps
 
-    mode = args.pqf or "auto"
-    if args.input == "-":
-        # Decoded frames only, read once: flags found on the fly from each frame's estimate.
-        if mode.startswith("every:"):
-            period = ps.parse_every(mode)
-            # An endless flag sequence: the rule needs no look at the frames.
-            endless = (i % period == 0 for i in itertools.count())
-            return _with_lookahead(args, enhancer, _PqfPlan(None, 2 * period, f"every {period}", flags_iter=endless))
-        log.warning("stdin: no bitstream to read slice QPs from; PQFs from the no-reference estimator")
-        return _with_lookahead(args, enhancer, _PqfPlan(None, ps.DEFAULT_STREAM_LOOKAHEAD, "estimate", _estimate_score))
-    count = _decoded_count(args.input, args.frames)
+    mode = mode or args.pqf or "auto"
     if mode.startswith("every:"):
         period = ps.parse_every(mode)
-        return _with_lookahead(args, enhancer, _PqfPlan(ps.flags_every(count, period), 0, f"every {period}"))
-    if mode in ("auto", "qp"):
+        endless = (i % period == 0 for i in itertools.count())
+        return _with_lookahead(args, enhancer, _PqfPlan(None, ps.every_lookahead(period), f"every {period}", flags_iter=endless))
+    if args.input == "-":
+        log.warning("stdin: no bitstream to read slice QPs from; PQFs from the no-reference estimator")
+    elif mode in ("auto", "qp"):
         try:
             qps = ps.bitstream_qps(args.input, args.frames)
-            if len(qps) != count:
-                raise ps.PqfUnavailable(
-                    f"{args.input}: the slice headers give {len(qps)} output frames, the decoder {count}; "
-                    "the QPs would not line up with the frames"
-                )
             return _with_lookahead(args, enhancer, _PqfPlan(ps.qp_flags(qps), 0, "slice QPs"))
         except ps.PqfUnavailable as exc:
             log.warning("%s; PQFs from the no-reference estimator instead", exc)
-    return _with_lookahead(args, enhancer, _PqfPlan(ps.score_flags(_file_scores(args.input, args.frames)), 0, "estimate"))
+    return _with_lookahead(args, enhancer, _PqfPlan(None, ps.DEFAULT_STREAM_LOOKAHEAD, "estimate", _estimate_score))
 
 
 def _with_lookahead(args: argparse.Namespace, enhancer, plan: _PqfPlan) -> _PqfPlan:
@@ -247,20 +265,9 @@ def _with_lookahead(args: argparse.Namespace, enhancer, plan: _PqfPlan) -> _PqfP
         pqfs = [i for i, f in enumerate(plan.flags) if f]
         shown = ", ".join(map(str, pqfs[:12])) + (", ..." if len(pqfs) > 12 else "")
         log.info("PQFs from %s: %d of %d frames [%s], look-ahead %d", plan.source, len(pqfs), len(plan.flags), shown, plan.lookahead)
+    else:
+        log.info("PQFs from %s, found as the frames stream in, look-ahead %d", plan.source, plan.lookahead)
     return plan
-
-
-def _decoded_count(path: str, limit: int | None) -> int:
-    """Frames PyAV decodes from `path` (at most `limit`): what the QP list must line up with."""
-    from vsqe.pqf.estimator import decode_luma
-
-    return sum(1 for _ in decode_luma(path, max_frames=limit))
-
-
-def _file_scores(path: str, limit: int | None) -> list[float]:
-    from vsqe.pqf.estimator import decode_luma, frame_score
-
-    return [frame_score(plane.astype("float64") / ((1 << depth) - 1)) for plane, depth in decode_luma(path, max_frames=limit)]
 
 
 def _estimate_score(frame) -> float:

@@ -35,6 +35,7 @@ from vsqe.models import build_model
 from vsqe.pipeline.pqf_schedule import (
     DEFAULT_STREAM_LOOKAHEAD,
     QP_RADIUS,
+    PqfMisaligned,
     flag_delay,
     schedule,
     stream_peak_flags,
@@ -298,11 +299,19 @@ def _qp_score(frame: VideoFrame) -> float:
 
 
 def _zip_flags(frames: Iterable[VideoFrame], flags: Iterable[bool]) -> Iterator[tuple[VideoFrame, bool]]:
-    """Pairs frames with their flags; running out of flags is an error (they were misaligned)."""
+    """Pairs frames with their flags. Flags made up front (slice QPs) must match the decoded frames
+    one for one: running out of flags, or of frames while a finite flag list has more, raises
+    PqfMisaligned before the stream ends, so `vsqe run` can drop its output and fall back."""
     it = iter(flags)
+    paired = 0
     for frame in frames:
         try:
             flag = next(it)
         except StopIteration:
-            raise FormatError(f"frame {frame.index}: no PQF flag (more frames decoded than flags)") from None
+            raise PqfMisaligned(
+                f"the PQF flags cover {paired} frames, the decoder gave more (frame {frame.index})"
+            ) from None
+        paired += 1
         yield frame, bool(flag)
+    if isinstance(flags, Sequence) and paired != len(flags):
+        raise PqfMisaligned(f"the PQF flags cover {len(flags)} frames, the decoder gave {paired}")

@@ -35,6 +35,7 @@ import statistics
 from collections import deque
 from typing import Iterable, Iterator, Sequence, TypeVar
 
+from vsqe.errors import FormatError
 from vsqe.pqf.detect import QP_RADIUS, peak_flags
 
 T = TypeVar("T")
@@ -209,6 +210,16 @@ class PqfUnavailable(Exception):
     """Slice-header QPs cannot give this clip's PQF flags; the message says why in one line."""
 
 
+class PqfMisaligned(FormatError):
+    """The decoder delivered a different number of frames than the PQF flags were made for
+    (found while streaming: flags ran out, or frames did); the flags cannot be trusted."""
+
+
+def every_lookahead(period: int) -> int:
+    """The look-ahead of PowerVQE's fixed rule: default_lookahead of its flags, known without them."""
+    return max(MIN_LOOKAHEAD, 2 * period)
+
+
 def parse_every(text: str) -> int:
     """The N of `every:N` (PowerVQE's fixed period), or ValueError."""
     head, sep, tail = text.partition(":")
@@ -223,7 +234,6 @@ def bitstream_qps(path: str, count: int | None = None) -> list[int]:
     whose QP is unknown, or says why the file gives none. InputError for a missing file."""
     import logging
 
-    from vsqe.errors import FormatError
     from vsqe.pqf.stream import display_pictures, read_pictures
 
     # The parser warns once per unreadable picture; the caller reports the first one, once.
