@@ -60,12 +60,9 @@ void im2col_tap(const TI* input, const TO* offset, const TO* mask, TI* cols, con
   const TO* ox = oy + lo.P;
   const TO* m = mask + lo.msk(s, n, g, k);
   for_segments(s, a, b, [&](int ho, int wb, int we, int64_t p) {
-    const A by = A(base_pos(ho, i, s.sh, s.ph, s.dh));
     for (int wo = wb; wo < we; ++wo) {
       const int64_t q = p + (wo - wb);
-      const A y = by + A(to_acc(oy[q]));
-      const A x = A(base_pos(wo, j, s.sw, s.pw, s.dw)) + A(to_acc(ox[q]));
-      const Taps<A> t = bilinear_taps<A>(y, x, s.H, s.W);
+      const Taps<A> t = offset_taps<A>(s, ho, wo, i, j, A(to_acc(oy[q])), A(to_acc(ox[q])));
       const A mv = A(to_acc(m[q]));
       for (int cc = 0; cc < lo.cpg; ++cc) {
         const int c = g * lo.cpg + cc;
@@ -158,12 +155,9 @@ void coord_grad_tap(const T* input, const T* offset, const T* mask, const T* gco
   const int i = k / s.kw, j = k % s.kw;
   const int64_t oy_at = lo.off(s, n, g, k), m_at = lo.msk(s, n, g, k);
   for_segments(s, a, b, [&](int ho, int wb, int we, int64_t p) {
-    const T by = T(base_pos(ho, i, s.sh, s.ph, s.dh));
     for (int wo = wb; wo < we; ++wo) {
       const int64_t q = p + (wo - wb);
-      const T y = by + offset[oy_at + q];
-      const T x = T(base_pos(wo, j, s.sw, s.pw, s.dw)) + offset[oy_at + lo.P + q];
-      const Taps<T> t = bilinear_taps<T>(y, x, s.H, s.W);
+      const Taps<T> t = offset_taps<T>(s, ho, wo, i, j, offset[oy_at + q], offset[oy_at + lo.P + q]);
       const T mv = mask[m_at + q];
       T gy = 0, gx = 0, gm = 0;
       for (int cc = 0; cc < lo.cpg; ++cc) {
@@ -202,12 +196,9 @@ void input_grad_channel(const T* offset, const T* mask, const T* gcols, T* ginpu
     const int64_t oy_at = lo.off(s, n, g, k), m_at = lo.msk(s, n, g, k);
     const T* gc = gcols + int64_t(c * lo.K + k) * lo.L - p0;  // indexed by flat pixel q
     for_segments(s, p0, p1, [&](int ho, int wb, int we, int64_t p) {
-      const T by = T(base_pos(ho, i, s.sh, s.ph, s.dh));
       for (int wo = wb; wo < we; ++wo) {
         const int64_t q = p + (wo - wb);
-        const T y = by + offset[oy_at + q];
-        const T x = T(base_pos(wo, j, s.sw, s.pw, s.dw)) + offset[oy_at + lo.P + q];
-        const Taps<T> t = bilinear_taps<T>(y, x, s.H, s.W);
+        const Taps<T> t = offset_taps<T>(s, ho, wo, i, j, offset[oy_at + q], offset[oy_at + lo.P + q]);
         scatter(t, gc[q] * mask[m_at + q], add);
       }
     });

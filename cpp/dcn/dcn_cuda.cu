@@ -48,10 +48,8 @@ __device__ inline Item decode(int64_t t, const Shape& s, int n0) {
 template <class A, class TO>
 __device__ inline Taps<A> taps_of(const Item& it, const TO* offset, const Shape& s) {
   const int64_t P = int64_t(s.Ho) * s.Wo;
-  const int i = it.k / s.kw, j = it.k % s.kw;
-  const A y = A(base_pos(it.ho, i, s.sh, s.ph, s.dh)) + A(to_acc(offset[it.oy_at]));
-  const A x = A(base_pos(it.wo, j, s.sw, s.pw, s.dw)) + A(to_acc(offset[it.oy_at + P]));
-  return bilinear_taps<A>(y, x, s.H, s.W);
+  return offset_taps<A>(s, it.ho, it.wo, it.k / s.kw, it.k % s.kw, A(to_acc(offset[it.oy_at])),
+                        A(to_acc(offset[it.oy_at + P])));
 }
 
 // One thread per (image, deformable group, tap, output pixel); it fills that column entry for

@@ -190,5 +190,15 @@ VSQE_HOST_DEVICE inline int base_pos(int o, int tap, int stride, int pad, int di
   return o * stride - pad + tap * dil;
 }
 
+// Bilinear taps of kernel tap (i, j) for output pixel (ho, wo), displaced by its learned
+// offset (dy, dx): the one sample position rule of every pass (CPU and CUDA, forward and
+// backward), so they cannot drift apart.
+template <class A>
+VSQE_HOST_DEVICE inline Taps<A> offset_taps(const Shape& s, int ho, int wo, int i, int j, A dy, A dx) {
+  const A y = A(base_pos(ho, i, s.sh, s.ph, s.dh)) + dy;
+  const A x = A(base_pos(wo, j, s.sw, s.pw, s.dw)) + dx;
+  return bilinear_taps<A>(y, x, s.H, s.W);
+}
+
 }  // namespace dcn
 }  // namespace vsqe
