@@ -133,3 +133,47 @@ def test_real_spynet_runs_at_odd_sizes(single_thread):
     model = MFQEv2().eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 3, 36, 50)).shape == (1, 3, 36, 50)
+
+
+def test_y_model_keys_shapes_and_spynet_input(single_thread):
+    """`mfqev2-y`: the RGB model's keys, 1-channel feature convs and output; SpyNet keeps its
+    official shapes and sees Y replicated to three channels."""
+    y_shapes = shapes(meta_model("mfqev2-y"))
+    assert set(y_shapes) == set(shapes(meta_model("mfqev2")))
+    for key, shape in OFFICIAL_SHAPES.items():
+        if key.startswith("ks"):
+            shape = (shape[0], 1, *shape[2:]) if key.endswith("weight") else shape
+        elif key.startswith("rec_conv.5"):
+            shape = (1, *shape[1:])
+        assert y_shapes[key] == shape, key
+    spec = get_model_spec("mfqev2-y")
+    assert (spec.color, spec.window, spec.temporal) == ("y", 3, "pqf")
+    assert spec.default_weights == "mfqev2_y_qp37.safetensors" and spec.default_pqf_weights == "mfqev2_y_pqf_qp37.safetensors"
+    model = spec.build().eval()
+    flow = _ConstFlow()
+    model.spynet = flow
+    x = torch.rand(1, 3, 1, 16, 24)
+    with torch.no_grad():
+        assert model(x).shape == (1, 1, 16, 24)
+    ref, supp = flow.calls[0]
+    assert ref.shape == (1, 3, 16, 24) and torch.equal(ref[:, 2], x[:, 1, 0]) and torch.equal(supp[:, 0], x[:, 0, 0])
+
+
+def test_shipped_pqf_weights_are_the_default_partner(tmp_path: Path, monkeypatch, single_thread):
+    """Once both default files exist, `mfqev2-y` runs with no weight options: the non-PQF file as
+    --weights, the PQF file as --pqf-weights; explicit --weights keep the one-file behaviour."""
+    from safetensors.torch import save_file
+
+    from vsqe.models import registry
+    from vsqe.pipeline.enhancer import Enhancer
+
+    spec = get_model_spec("mfqev2-y")
+    torch.manual_seed(0)
+    for name in (spec.default_weights, spec.default_pqf_weights):
+        save_file({k: v.contiguous() for k, v in spec.build().state_dict().items()}, str(tmp_path / name))
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    enh = Enhancer(model="mfqev2-y", backend="torch-fp32", threads=1)
+    assert Path(enh.weights_path) == tmp_path / spec.default_weights
+    assert Path(enh.pqf_weights_path) == tmp_path / spec.default_pqf_weights and not enh.pqf_weights_shared
+    own = Enhancer(model="mfqev2-y", weights=str(tmp_path / spec.default_pqf_weights), backend="torch-fp32", threads=1)
+    assert own.pqf_weights_shared

@@ -15,6 +15,11 @@ Input [N, 3, 3, H, W] = (left PQF, frame to enhance, right PQF), RGB [0, 1], any
 resizes internally); output [N, 3, H, W] = centre + residual. The PQF model and the non-PQF
 model are two checkpoints of this one architecture (1,640,948 parameters each); which frames
 feed it is decided by vsqe/pipeline/pqf_schedule.py.
+
+`mfqev2-y` is the same network on the Y plane (in/out channels 1, as PowerVQE's STDF-Y config is
+to its RGB one): feature convs 1->32, rec_conv.5 32->1. SpyNet keeps its 3-channel input (its
+keys stay the official ones); it sees Y replicated to three channels. vsqe trains its weights
+(vsqe/train; two files, non-PQF and PQF, like `mfqev2`'s two official checkpoints).
 """
 from __future__ import annotations
 
@@ -32,10 +37,13 @@ def _conv(cin: int, cout: int, ks: int) -> nn.Conv2d:
 
 
 class MFQEv2(nn.Module):
-    """PowerVQE `MFQEv2` backbone (in 3, out 3, nf 32)."""
+    """PowerVQE `MFQEv2` backbone (in 3, out 3, nf 32; `mfqev2-y`: in 1, out 1)."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, nf: int = 32) -> None:
         super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"MFQEv2 takes 1 (Y) or 3 (RGB) input channels, got {in_channels}")
+        self.in_channels = in_channels
         self.spynet = SpyNet()
         for ks in FEATURE_KERNELS:
             setattr(self, f"ks{ks}_conv_list", nn.ModuleList([_conv(in_channels, nf, ks) for _ in range(3)]))
@@ -47,8 +55,13 @@ class MFQEv2(nn.Module):
 
     def align(self, neighbour: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
         """Backward-warps `neighbour` onto `centre` with the SpyNet flow centre -> neighbour
-        (bilinear, zero padding, align_corners=True: mmedit's flow_warp)."""
-        return flow_warp(neighbour, self.spynet(centre, neighbour))
+        (bilinear, zero padding, align_corners=True: mmedit's flow_warp). A Y model feeds SpyNet
+        its plane replicated to 3 channels: SpyNet's layers and keys stay the RGB ones."""
+        if self.in_channels == 1:
+            flow = self.spynet(centre.expand(-1, 3, -1, -1), neighbour.expand(-1, 3, -1, -1))
+        else:
+            flow = self.spynet(centre, neighbour)
+        return flow_warp(neighbour, flow)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != 3:
@@ -82,6 +95,25 @@ register(
         radius=1,  # three input frames, but chosen by the PQF schedule (pipeline/pqf_schedule.py)
         size_multiple=1,
         default_weights=None,
+        convert_state_dict=convert_official_mfqev2,
+        temporal="pqf",
+    )
+)
+
+# vsqe's own Y model: two shipped files, like the official RGB model's two checkpoints. The
+# registry's default_weights is the non-PQF network (what --weights replaces), and
+# default_pqf_weights the PQF network (what --pqf-weights replaces); neither exists until
+# `vsqe train --model mfqev2-y` has produced and shipped them (docs/training.md, MFQEv2-Y).
+register(
+    ModelSpec(
+        name="mfqev2-y",
+        description="MFQEv2 on Y (vsqe-trained, HM LDP QP37): non-PQF and PQF weights; (left PQF, frame, right PQF)",
+        build=lambda: MFQEv2(in_channels=1, out_channels=1),
+        color="y",
+        radius=1,
+        size_multiple=1,
+        default_weights="mfqev2_y_qp37.safetensors",
+        default_pqf_weights="mfqev2_y_pqf_qp37.safetensors",
         convert_state_dict=convert_official_mfqev2,
         temporal="pqf",
     )

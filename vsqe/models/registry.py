@@ -54,6 +54,9 @@ class ModelSpec:
     scale: int = 1  # output size / input size (4 for super-resolution models)
     # File name under vsqe/weights/ of the shipped default (None: no trained default yet).
     default_weights: str | None = None
+    # PQF models: file name under vsqe/weights/ of the shipped PQF network (default_weights is
+    # then the non-PQF one); used when neither --weights nor --pqf-weights is given.
+    default_pqf_weights: str | None = None
     # Maps an official checkpoint's state dict (wrapper already removed) to this module's keys.
     convert_state_dict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = field(
         default=lambda sd: sd
@@ -64,10 +67,18 @@ class ModelSpec:
         return 2 * self.radius + 1
 
     def default_weights_path(self) -> Path | None:
-        if self.default_weights is None:
-            return None
-        path = WEIGHTS_DIR / self.default_weights
-        return path if path.is_file() else None
+        return _shipped(self.default_weights)
+
+    def default_pqf_weights_path(self) -> Path | None:
+        return _shipped(self.default_pqf_weights)
+
+
+def _shipped(name: str | None) -> Path | None:
+    """The installed file of a shipped default, or None (none declared, or not shipped yet)."""
+    if name is None:
+        return None
+    path = WEIGHTS_DIR / name
+    return path if path.is_file() else None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -111,6 +111,10 @@ class Enhancer:
             return
         if pqf_lookahead is not None and pqf_lookahead < 1:
             raise ModelError(f"PQF look-ahead must be at least 1 frame, got {pqf_lookahead}")
+        if pqf_weights is None and self.weights_path is not None and self.weights_path == self.spec.default_weights_path():
+            # Shipped non-PQF weights come with their shipped PQF partner (when it is installed).
+            default_pqf = self.spec.default_pqf_weights_path()
+            pqf_weights = None if default_pqf is None else str(default_pqf)
         if pqf_weights is None:
             # PowerVQE trains a second (PQF) checkpoint; with one set of weights the non-PQF
             # network enhances PQFs too: usable, but say so (once per enhancer).
