@@ -65,6 +65,9 @@ class PatchSampler:
                     "id": c["id"],
                     "raw": self.data_dir / c["raw"],
                     "encodes": [self.data_dir / e["file"] for _, e in encs],
+                    # Per-frame QPs of each encode (display order): the PQF flags of triplet
+                    # sampling (vsqe/train/triplets.py); None for manifests without them.
+                    "enc_qps": [e.get("frame_qps") for _, e in encs],
                     "enc_w": np.array([codec_weights[e["codec"]] for _, e in encs], dtype=np.float64),
                     "frames": c["frames"],
                     "pixels": c["width"] * c["height"] * c["frames"],
@@ -115,21 +118,9 @@ class PatchSampler:
             y0 = int(rng.integers((h - p) // 8 + 1)) * 8
             x0 = int(rng.integers((w - p) // 8 + 1)) * 8
             target = np.asarray(raw[t, y0 : y0 + p, x0 : x0 + p])
-            self.stats["drawn"] += 1
-            flat = target.std() < self.flat_std
             centre = np.asarray(enc[t, y0 : y0 + p, x0 : x0 + p])
-            untouched = np.abs(centre.astype(np.int16) - target).mean() < 0.5
-            if (flat or untouched) and rng.random() > self.flat_keep:
-                self.stats["rejected"] += 1
-                continue
-            # Strong edges carry the learnable artefacts (ringing, blocking beside them): patches
-            # without one are kept only half the time.
-            ti = target.astype(np.int16)
-            edge = max(np.abs(np.diff(ti, axis=0)).max(), np.abs(np.diff(ti, axis=1)).max()) >= self.edge_level
-            if not edge and rng.random() > self.no_edge_keep:
-                self.stats["rejected"] += 1
-                continue
-            break
+            if self._keep(target, centre):
+                break
         idx = window_indices(t, self.radius, t_len, "replicate")
         window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in idx])
         # augmentation: temporal reversal, flips, transpose (all keep the 8x8 grid phase)
@@ -142,6 +133,25 @@ class PatchSampler:
         if rng.random() < 0.5:
             window, target = window.transpose(0, 2, 1), target.T
         return np.ascontiguousarray(window), np.ascontiguousarray(target)
+
+    def _keep(self, target: np.ndarray, centre: np.ndarray) -> bool:
+        """Whether to train on this patch (draws from the RNG only when a rule applies, so the
+        sample stream of a run is the same as before this was factored out)."""
+        rng = self.rng
+        self.stats["drawn"] += 1
+        flat = target.std() < self.flat_std
+        untouched = np.abs(centre.astype(np.int16) - target).mean() < 0.5
+        if (flat or untouched) and rng.random() > self.flat_keep:
+            self.stats["rejected"] += 1
+            return False
+        # Strong edges carry the learnable artefacts (ringing, blocking beside them): patches
+        # without one are kept only half the time.
+        ti = target.astype(np.int16)
+        edge = max(np.abs(np.diff(ti, axis=0)).max(), np.abs(np.diff(ti, axis=1)).max()) >= self.edge_level
+        if not edge and rng.random() > self.no_edge_keep:
+            self.stats["rejected"] += 1
+            return False
+        return True
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x [n, T, 1, P, P] float in [0, 1], y [n, 1, P, P]."""

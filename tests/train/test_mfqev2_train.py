@@ -1,0 +1,170 @@
+"""MFQEv2-Y training: the PQF-triplet sampler (the pipeline's PQF rule and pairing, exact resume),
+a 3-iteration run that checkpoints, resumes exactly and exports weights that `vsqe run` loads,
+and the PQF validation path (per-class figures, the other class left as decoded)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vsqe.pipeline.pqf_schedule import default_lookahead, schedule
+from vsqe.pqf.detect import QP_RADIUS, peak_flags
+
+# The two QP patterns of the training data (manifest frame_qps, 32 frames): x265 forced to HM's
+# LDP GOP4 schedule, and x264 at --qp 37 (its I frame 3 lower).
+X265_QPS = [37] + [40, 39, 40, 38] * 7 + [40, 39, 40]
+X264_QPS = [34] + [37] * 31
+
+
+def _sampler(data, role="nonpqf", seed=3):
+    from vsqe.train.triplets import TripletSampler
+
+    return TripletSampler(data, role=role, patch=32, codec_weights={"x265-ldp": 1.0}, seed=seed)
+
+
+@pytest.mark.parametrize("qps", [X265_QPS, X264_QPS], ids=["x265-ldp", "x264"])
+def test_triplets_are_the_pipeline_pairing(qps):
+    from vsqe.train.triplets import encode_triplets
+
+    flags, refs = encode_triplets(qps)
+    # the project's one PQF rule (QP radius 2) on quality = -QP
+    assert flags == peak_flags([-float(q) for q in qps], QP_RADIUS)
+    # and the streaming scheduler's pairing at that look-ahead (clip ends included)
+    streamed = list(schedule(zip(range(len(qps)), flags), default_lookahead(flags)))
+    assert [(f, left, right) for f, left, right, _ in streamed] == [(t, *refs[t]) for t in range(len(qps))]
+    if qps is X265_QPS:
+        assert [t for t, f in enumerate(flags) if f] == [0, 4, 8, 12, 16, 20, 24, 28]
+        assert refs[0] == (0, 4) and refs[4] == (0, 8) and refs[5] == (4, 8) and refs[29] == (28, 29)
+
+
+def test_sampler_roles_follow_the_flags(tiny_data):
+    data, manifest = tiny_data
+    qps = manifest["clips"][0]["encodes"]["x265-ldp-qp37"]["frame_qps"]
+    flags = peak_flags([-float(q) for q in qps], QP_RADIUS)
+    from vsqe.train.triplets import encode_triplets
+
+    _, refs = encode_triplets(qps)
+    raw = np.load(data / manifest["clips"][0]["encodes"]["x265-ldp-qp37"]["file"])
+    for role in ("nonpqf", "pqf"):
+        s = _sampler(data, role)
+        for _ in range(12):
+            window, target = s.sample()
+            _, _, t, left, right = s.last
+            assert flags[t] == (role == "pqf") and (left, right) == refs[t]
+            assert window.shape == (3, 32, 32) and target.shape == (32, 32) and window.dtype == np.uint8
+            # the centre of the triplet is frame t of the encode (up to the flips/transpose)
+            frame = raw[t]
+            assert any(_contains(frame, np.ascontiguousarray(c)) for c in _orientations(window[1]))
+
+
+def _orientations(p):
+    for q in (p, p.T):
+        for r in (q, q[::-1], q[:, ::-1], q[::-1, ::-1]):
+            yield r
+
+
+def _contains(frame, patch):
+    h, w = patch.shape
+    return any(
+        np.array_equal(frame[y : y + h, x : x + w], patch)
+        for y in range(0, frame.shape[0] - h + 1, 8)
+        for x in range(0, frame.shape[1] - w + 1, 8)
+    )
+
+
+def test_sampler_is_deterministic_and_resumes_exactly(tiny_data):
+    data, _ = tiny_data
+    a, b = _sampler(data), _sampler(data)
+    for _ in range(5):
+        (wa, ta), (wb, tb) = a.sample(), b.sample()
+        assert np.array_equal(wa, wb) and np.array_equal(ta, tb)
+    state = json.loads(json.dumps(a.state_dict()))  # what a checkpoint stores
+    ahead = [a.sample() for _ in range(6)]
+    c = _sampler(data, seed=99)
+    c.load_state_dict(state)
+    for (wa, ta), (wc, tc) in zip(ahead, (c.sample() for _ in range(6))):
+        assert np.array_equal(wa, wc) and np.array_equal(ta, tc)
+    x, y = c.batch(2)
+    assert x.shape == (2, 3, 1, 32, 32) and y.shape == (2, 1, 32, 32)
+
+
+def _cfg(data, out, iters, **kw):
+    from vsqe.train.trainer import TrainConfig
+
+    return TrainConfig(data=str(data), out=str(out), model="mfqev2-y", iters=iters, batch=2, patch=32, warmup=2,
+                       threads=1, val_every=0, val_full_every=0, log_every=1, stats_every=2,
+                       codec_weights={"x265-ldp": 1.0}, **kw)
+
+
+def _train(data, out, iters, resume=False, **kw):
+    from vsqe.train.trainer import Trainer
+
+    t = Trainer(_cfg(data, out, iters, **kw), resume=resume, log=lambda m: None)
+    t.run()
+    return t
+
+
+def test_train_resume_export_and_run(tiny_data, tmp_path, shared_file, monkeypatch):
+    from vsqe.cli import main
+    from vsqe.models import build_model
+    from vsqe.train.export import export_checkpoint
+
+    data, _ = tiny_data
+    full = _train(data, tmp_path / "a", 3)
+    _train(data, tmp_path / "b", 2)  # stopped after 2 iterations (its last checkpoint)
+    resumed = _train(data, tmp_path / "b", 3, resume=True)
+    assert resumed.iteration == full.iteration == 3
+    assert isinstance(resumed.sampler, type(full.sampler)) and resumed.sampler.role == "nonpqf"
+    sa, sb = full.model.state_dict(), resumed.model.state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert full.sampler.state_dict() == resumed.sampler.state_dict()
+    assert (tmp_path / "b" / "train.csv").read_text().count("\n") >= 4
+
+    out = tmp_path / "nonpqf.safetensors"
+    export_checkpoint(tmp_path / "b" / "last.pt", out)
+    model, spec, _ = build_model("mfqev2-y", str(out))
+    assert spec.color == "y" and model.rec_conv[5].weight.shape == (1, 32, 3, 3)
+
+    # the PQF network starts from the non-PQF export (PowerVQE's recipe)
+    pqf_run = _train(data, tmp_path / "p", 1, pqf_role="pqf", init_from=str(out))
+    assert pqf_run.sampler.role == "pqf"
+    pqf_out = tmp_path / "pqf.safetensors"
+    export_checkpoint(tmp_path / "p" / "last.pt", pqf_out)
+
+    # `vsqe run` loads both files (Y model: chroma passes through)
+    src = shared_file("city_416x240_hm_ldp_qp37.hevc")
+    dst = tmp_path / "out.y4m"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rc = main(["run", str(src), str(dst), "--model", "mfqev2-y", "--weights", str(out), "--pqf-weights",
+               str(pqf_out), "--frames", "5", "--threads", "1", "--no-progress", "--backend", "torch-fp32"])
+    assert rc == 0 and dst.stat().st_size > 5 * 416 * 240
+
+
+def test_pqf_validation_reports_both_classes(tmp_path, shared_data):
+    from safetensors.torch import save_file
+
+    from vsqe.pipeline.enhancer import Enhancer
+    from vsqe.train.trainer import build_train_model, init_weights
+    from vsqe.train.validate import evaluate_pqf, summarize
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_train_model("mfqev2-y")
+    init_weights(model)
+    with torch.no_grad():
+        model.rec_conv[5].weight.mul_(1e-3)  # a small residual: a measurable, non-zero change
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    enh = Enhancer(model="mfqev2-y", weights=str(path), pqf_weights=str(path), backend="torch-fp32", threads=1)
+    res = evaluate_pqf(enh, clips=("city_416x240",), frame_step=15, enhance=("nonpqf",), dev_dir=shared_data)
+    assert res[0].frames == [0, 15] and res[0].pqf == [True, False]
+    s = summarize(res)
+    assert s["pqf_class"]["pqf"] == 0.0  # PQFs left as decoded: exactly no change
+    assert s["pqf_class"]["nonpqf"] != 0.0 and s["by_pqf"]["city_416x240"]["nonpqf"] == s["pqf_class"]["nonpqf"]
+    # the PQF run's subset measures every PQF (0, 4, ..., 28), not only every 3rd frame
+    res = evaluate_pqf(enh, clips=("city_416x240",), frame_step=100, enhance=(), all_of="pqf", dev_dir=shared_data)
+    assert res[0].frames == [0, 4, 8, 12, 16, 20, 24, 28] and all(res[0].pqf)
