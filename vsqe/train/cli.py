@@ -6,6 +6,8 @@
   vsqe data manifest --out DIR       (re-assemble manifest.json from the clips written so far)
   vsqe train --model stdf --data DIR --out DIR [--resume] [--iters N] [--batch B] [--patch P]
              [--lr LR] [--loss mse|charbonnier] [--no-batchnorm] [--val-every N]
+  vsqe train --model mfqev2-y --pqf-role nonpqf|pqf --data DIR --out DIR [--resume]
+             [--init-from FILE] [--partner-weights FILE] ...
   vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
 """
 from __future__ import annotations
@@ -92,6 +94,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--val-full-every", type=int, default=3000, help="validate on all dev frames (0: never)")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--pqf-role", choices=["nonpqf", "pqf"], default="nonpqf",
+                   help="PQF models (mfqev2-y): train the non-PQF or the PQF network (default: %(default)s)")
+    p.add_argument("--init-from", default="", metavar="FILE",
+                   help="PQF models: start a new run from these weights (e.g. the PQF run from the non-PQF export)")
+    p.add_argument("--partner-weights", default="", metavar="FILE",
+                   help="PQF models, validation: the other network's weights (default: its frames stay as decoded)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
@@ -176,6 +184,9 @@ def _cmd_train(args) -> int:
         val_full_every=args.val_full_every,
         ckpt_minutes=args.ckpt_minutes,
         log_every=args.log_every,
+        pqf_role=args.pqf_role,
+        init_from=args.init_from,
+        partner_weights=args.partner_weights,
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vsqe.train.trainer import LEGACY_CONFIG, build_train_model, load_checkpoint, plain_state_dict
+from vsqe.train.trainer import LEGACY_CONFIG, build_train_model, is_pqf_model, load_checkpoint, plain_state_dict
 
 
 def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
@@ -23,6 +23,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
     sd = {k: v.detach().float().contiguous() for k, v in checkpoint_weights(state).items()}
     meta = {
         "vsqe_model": state["config"]["model"],
+        # PQF models: which of the two networks this file is (nonpqf -> --weights, pqf -> --pqf-weights).
+        **({"pqf_role": state["config"]["pqf_role"]} if is_pqf_model(state["config"]["model"]) else {}),
         "iteration": str(state["iteration"]),
         "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},

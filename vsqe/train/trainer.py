@@ -1,4 +1,9 @@
-"""`vsqe train`: STDF on the CPU with bf16 autocast + channels_last, exact resume, validation.
+"""`vsqe train`: STDF and MFQEv2-Y on the CPU with bf16 autocast + channels_last, exact resume,
+validation through the inference path.
+
+MFQEv2 (a PQF model) trains one of its two networks per run, chosen by `pqf_role`: "nonpqf"
+(non-PQF frames from their neighbouring PQFs) or "pqf" (PQFs from the previous and next PQF);
+samples come from vsqe/train/triplets.py.
 
 Checkpoint file format (DIR/last.pt, DIR/best.pt): 64 ASCII hex characters (sha256 of the rest)
 then a torch.save payload of plain tensors and primitives (loaded with weights_only=True). A file
@@ -57,10 +62,21 @@ class TrainConfig:
     # Train with BN after every conv+ReLU, folded away on export (vsqe/train/bn.py says why).
     batchnorm: bool = True
     loss: str = "mse"  # "mse" (what PSNR measures) or "charbonnier"
+    # PQF models (MFQEv2): which of the two networks this run trains ("nonpqf" or "pqf").
+    pqf_role: str = "nonpqf"
+    # PQF models: weights a new run starts from (PowerVQE starts the PQF network from the
+    # trained non-PQF one); "" = fresh init. Only read when the run starts.
+    init_from: str = ""
+    # PQF models, validation only: the other role's weights, used for the other frame class;
+    # "" = those frames stay as decoded (identity), so the figures isolate this run's network.
+    partner_weights: str = ""
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
 LEGACY_CONFIG = {"batchnorm": False, "loss": "charbonnier"}
+# Options the command line may change on resume (the run's identity comes from the checkpoint).
+RESUME_OVERRIDES = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads",
+                    "partner_weights")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -120,12 +136,26 @@ def _ensure_ops() -> str:
     return "torchvision shim"
 
 
+def is_pqf_model(name: str) -> bool:
+    from vsqe.models import get_model_spec
+
+    return get_model_spec(name).temporal == "pqf"
+
+
 def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.Module:
     _ensure_ops()
     from vsqe.models import get_model_spec
     from vsqe.train.bn import add_batchnorm
 
-    model = get_model_spec(name).build()
+    spec = get_model_spec(name)
+    model = spec.build()
+    if not hasattr(model, "radius"):
+        model.radius = spec.radius  # index of the frame to enhance in the input (MFQEv2: 1)
+    if not hasattr(model, "ffnet"):
+        # MFQEv2: its dense QE net already has BN (conv -> PReLU -> BN, part of the published
+        # architecture, trained as such); the feature convs are linear and SpyNet has no ReLU
+        # modules, so training-only BN (bn.py: conv+ReLU pairs) has nothing to add.
+        return model
     if batchnorm:
         add_batchnorm(model)
     dc = model.ffnet.deform_conv
@@ -141,6 +171,9 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.M
 def init_weights(model: torch.nn.Module) -> None:
     """He-normal convs (signal keeps its scale through the ReLU stacks), zero offsets (the fusion
     starts as a plain 7-frame conv, mask 0.5), and a small final conv (rescaled later from data)."""
+    if not hasattr(model, "ffnet"):
+        init_mfqev2(model)
+        return
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -151,6 +184,26 @@ def init_weights(model: torch.nn.Module) -> None:
     torch.nn.init.zeros_(dc.bias)
     torch.nn.init.zeros_(model.ffnet.offset_mask.weight)
     torch.nn.init.zeros_(model.ffnet.offset_mask.bias)
+
+
+def init_mfqev2(model: torch.nn.Module) -> None:
+    """MFQEv2 from scratch: He-normal QE convs; SpyNet's last conv of every pyramid level zeroed,
+    so the flow is exactly 0 at the start (training starts from "no motion compensation", the
+    plain 3-frame fusion, not from a random flow field warping the PQFs into noise) and grows
+    from there. No official SpyNet weights are available here."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and not name.startswith("spynet."):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(m.bias)
+    for level in model.spynet.basic_module:
+        last = level.basic_module[-1].conv
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+
+
+def output_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    """The conv that produces the residual (STDF: qenet.out_conv; MFQEv2: rec_conv.5)."""
+    return model.qenet.out_conv if hasattr(model, "qenet") else model.rec_conv[-1]
 
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -166,23 +219,27 @@ def scale_residual(model, x: torch.Tensor, target_std: float) -> float:
     res = model(x) - centre
     std = float(res.std())
     if std > 0:
-        model.qenet.out_conv.weight.mul_(target_std / std)
-        model.qenet.out_conv.bias.zero_()
+        output_conv(model).weight.mul_(target_std / std)
+        output_conv(model).bias.zero_()
     return std
 
 
 @torch.no_grad()
 def health(model, x: torch.Tensor) -> dict:
-    """Residual std (in 8-bit levels) and the fraction of live ReLU outputs per layer."""
+    """Residual std (in 8-bit levels) and the fraction of live ReLU outputs per layer (PReLU:
+    positive outputs); MFQEv2 also the mean |flow| in pixels (does SpyNet learn motion?)."""
     live: list[float] = []
+    flow: list[float] = []
     hooks = []
 
     def hook(mod, inp, out):
         live.append(float((out > 0).float().mean()))
 
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.ReLU):
+        if isinstance(m, (torch.nn.ReLU, torch.nn.PReLU)):
             hooks.append(m.register_forward_hook(hook))
+    if hasattr(model, "spynet"):
+        hooks.append(model.spynet.register_forward_hook(lambda mod, inp, out: flow.append(float(out.abs().mean()))))
     try:
         out = model(x)
     finally:
@@ -194,6 +251,7 @@ def health(model, x: torch.Tensor) -> dict:
         "live_min": min(live) if live else 1.0,
         "live_mean": sum(live) / len(live) if live else 1.0,
         "live": [round(v, 3) for v in live],
+        **({"flow_px": sum(flow) / len(flow)} if flow else {}),
     }
 
 
@@ -239,8 +297,7 @@ class Trainer:
                 saved = state["config"]
                 # The run's identity comes from the checkpoint; the command line may change the
                 # length, validation and logging cadence, and the thread count.
-                keep = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads")
-                merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in keep}}
+                merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
                 merged["val_clips"] = tuple(merged["val_clips"])
                 self.cfg = cfg = TrainConfig(**merged)
                 torch.set_num_threads(cfg.threads)
@@ -256,9 +313,18 @@ class Trainer:
         clip_ids = None
         if state is not None and clips_file.is_file() and not refresh_data:
             clip_ids = json.loads(clips_file.read_text())
-        self.sampler = PatchSampler(
-            cfg.data, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed, clip_ids=clip_ids
-        )
+        self.pqf_model = is_pqf_model(cfg.model)
+        if self.pqf_model:
+            from vsqe.train.triplets import TripletSampler
+
+            self.sampler = TripletSampler(
+                cfg.data, role=cfg.pqf_role, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed,
+                clip_ids=clip_ids,
+            )
+        else:
+            self.sampler = PatchSampler(
+                cfg.data, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed, clip_ids=clip_ids
+            )
         if clip_ids is None:
             clips_file.write_text(json.dumps(self.sampler.clip_ids))
             if state is not None:
@@ -282,6 +348,10 @@ class Trainer:
             self.iteration = int(state["iteration"])
             self.best = dict(state["best"])
             self.elapsed = float(state.get("elapsed", 0.0))
+        elif cfg.init_from:
+            self._load_init(cfg.init_from)
+            log(f"init: weights from {cfg.init_from}")
+            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         else:
             init_weights(self.model)
             x, _ = self.sampler.batch(cfg.batch)
@@ -289,6 +359,18 @@ class Trainer:
             log(f"init: residual std {std0 * 255:.2f} -> {cfg.init_residual_std * 255:.2f} levels")
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         self._stop = False
+
+    def _load_init(self, path: str) -> None:
+        """Starts from exported weights (e.g. the PQF run from the non-PQF run's file): only for
+        models whose training keys are the plain architecture's (no training-only BN added)."""
+        from vsqe.models import get_model_spec
+        from vsqe.models.checkpoint import read_state_dict
+
+        state = get_model_spec(self.cfg.model).convert_state_dict(read_state_dict(path))
+        own = self.model.state_dict()
+        if set(state) != set(own):
+            raise CheckpointError(f"--init-from {path}: its keys are not model {self.cfg.model!r}'s training keys")
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
     # -- state
     def state(self) -> dict:
@@ -357,27 +439,49 @@ class Trainer:
         tmp = self.out / "val_weights.safetensors"
         sd = {k: v.detach().float().contiguous() for k, v in plain_state_dict(self.model).items()}
         save_file(sd, str(tmp))
-        enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
         t0 = time.time()
-        res = evaluate(enh, clips=tuple(self.cfg.val_clips), frame_step=1 if full else self.cfg.val_step)
+        if self.pqf_model:
+            res = self._validate_pqf(str(tmp), full)
+        else:
+            enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
+            res = evaluate(enh, clips=tuple(self.cfg.val_clips), frame_step=1 if full else self.cfg.val_step)
         s = summarize(res)
         s["seconds"] = round(time.time() - t0, 1)
         s["full"] = full
         torch.set_num_threads(self.cfg.threads)
         return s
 
+    def _validate_pqf(self, trained: str, full: bool) -> list:
+        """The PQF pipeline on the dev clips: this run's network on its frame class; the other
+        class through `partner_weights`, or left as decoded when there are none yet."""
+        from vsqe.pipeline.enhancer import Enhancer
+        from vsqe.train.validate import evaluate_pqf
+
+        cfg = self.cfg
+        partner = cfg.partner_weights or None
+        own_pqf = cfg.pqf_role == "pqf"
+        nonpqf_w = (partner or trained) if own_pqf else trained
+        pqf_w = trained if own_pqf else (partner or trained)
+        enh = Enhancer(model=cfg.model, weights=nonpqf_w, pqf_weights=pqf_w, backend="torch-fp32", threads=cfg.threads)
+        enhance = ("pqf", "nonpqf") if partner else (cfg.pqf_role,)
+        return evaluate_pqf(enh, clips=tuple(cfg.val_clips), frame_step=1 if full else cfg.val_step,
+                            enhance=enhance, all_of="pqf" if own_pqf and not full else None)
+
     def _log_val(self, s: dict) -> None:
         path = self.out / "val.csv"
         new = not path.is_file()
         with open(path, "a", newline="") as f:
             w = csv.writer(f)
+            # PQF models add the mean gain on PQFs and on non-PQFs (frames left as decoded count
+            # in the class means as 0 gain only when they are this class: see validate.py).
+            extra = ["pqf", "nonpqf"] if self.pqf_model else []
             if new:
-                w.writerow(["iteration", "hours", "kind", "delta_mean", "city", "phone", "birds", "worst_class", "worst_frame"])
+                w.writerow(["iteration", "hours", "kind", "delta_mean", "city", "phone", "birds", "worst_class", "worst_frame", *extra])
             pc = s["per_clip"]
             w.writerow([
                 self.iteration, round(self.elapsed / 3600, 3), "full" if s["full"] else "subset", s["delta_mean"],
                 pc.get("city_416x240", ""), pc.get("phone_832x480", ""), pc.get("birds_640x360", ""),
-                s["worst_class"], s["worst_frame"],
+                s["worst_class"], s["worst_frame"], *[s.get("pqf_class", {}).get(k, "") for k in extra],
             ])
         with open(self.out / "val.jsonl", "a") as f:
             f.write(json.dumps({"iteration": self.iteration, **s}) + "\n")
@@ -430,6 +534,8 @@ class Trainer:
                            f"patch dPSNR {pout - pin:+.3f} ({pin:.2f}->{pout:.2f}) {ips:.2f} it/s")
                     if hl:
                         msg += f" | res_std {hl['res_std']:.2f} lv, live relu min {hl['live_min']:.2f} mean {hl['live_mean']:.2f}"
+                        if "flow_px" in hl:
+                            msg += f", |flow| {hl['flow_px']:.3f} px"
                         if self.iteration % (cfg.stats_every * 10) == 0 or self.iteration <= 1:
                             msg += f" per layer {hl['live']}"
                     self.log(msg)
@@ -441,7 +547,8 @@ class Trainer:
                     self._log_val(s)
                     tag = "full" if do_full else f"every {cfg.val_step}rd frame"
                     self.log(f"val it {self.iteration} ({tag}, {s['seconds']}s): dY-PSNR {s['delta_mean']:+.4f} dB "
-                             f"{s['per_clip']} worst class {s['worst_class']:+.4f} worst frame {s['worst_frame']:+.4f}")
+                             f"{s['per_clip']} worst class {s['worst_class']:+.4f} worst frame {s['worst_frame']:+.4f}"
+                             + (f" PQF {_db(s['pqf_class']['pqf'])} non-PQF {_db(s['pqf_class']['nonpqf'])}" if "pqf_class" in s else ""))
                     if not do_full and s["delta_mean"] > self.best["delta"]:
                         self.best = {"delta": s["delta_mean"], "iteration": self.iteration, **{k: s[k] for k in ("per_clip", "worst_class", "worst_frame")}}
                         save_checkpoint(self.out / "best.pt", self.state())
@@ -459,6 +566,10 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:  # finish the current step, checkpoint, exit
         self._stop = True
+
+
+def _db(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"
 
 
 def plot_curves(out: Path) -> None:

@@ -4,6 +4,11 @@ The compressed streams are decoded with PyAV into VideoFrames, windows are forme
 vsqe.pipeline.window.window_indices (the rule every front end uses), enhanced by Enhancer and
 measured by vsqe.eval.psnr against the y4m references. 10-bit output (VVC) is rounded to 8 bit
 before measuring, as /work/shared/data/psnr.txt does.
+
+PQF models (MFQEv2) go through `evaluate_pqf`: PQF flags from the stream's slice-header QPs and
+the look-ahead as `vsqe run` finds them (pqf_schedule.qp_flags, default_lookahead), references by
+the scheduler's `triplet_for` (what `schedule` pairs), each frame by
+`Enhancer.enhance_pqf_triplet` (PQF network on PQFs, non-PQF network on the others).
 """
 from __future__ import annotations
 
@@ -83,6 +88,7 @@ class ClipResult:
     frames: list[int]
     psnr_in: list[float]
     psnr_out: list[float]
+    pqf: list[bool] | None = None  # PQF models: the PQF flag of each measured frame
 
     @property
     def delta(self) -> float:
@@ -100,7 +106,27 @@ class ClipResult:
         }
 
 
+    def delta_by_pqf(self) -> dict[str, float | None]:
+        """ΔPSNR on the measured PQFs and non-PQFs (None: no frame of that class measured)."""
+        out: dict[str, float | None] = {}
+        for key, want in (("pqf", True), ("nonpqf", False)):
+            js = [j for j, f in enumerate(self.pqf or []) if f == want]
+            out[key] = float(np.mean([self.psnr_out[j] - self.psnr_in[j] for j in js])) if js else None
+        return out
+
+
 _cache: dict[tuple, tuple] = {}
+
+
+def _decoded(clip: str, stream: str, dev_dir: Path) -> tuple[np.ndarray, list[VideoFrame]]:
+    key = (str(dev_dir), clip, stream)
+    if key not in _cache:
+        ref = read_y4m_luma(dev_dir / f"{clip}.y4m")
+        dec = decode_frames(dev_dir / f"{clip}{STREAM_SUFFIX[stream]}")
+        if len(dec) != len(ref):
+            raise InputError(f"{clip} {stream}: {len(dec)} decoded frames vs {len(ref)} reference frames")
+        _cache[key] = (ref, dec)
+    return _cache[key]
 
 
 def evaluate(
@@ -113,14 +139,7 @@ def evaluate(
     """ΔY-PSNR of `enhancer` on frames 0, step, 2*step, ... of each clip's `stream` encode."""
     results = []
     for clip in clips:
-        key = (str(dev_dir), clip, stream)
-        if key not in _cache:
-            ref = read_y4m_luma(dev_dir / f"{clip}.y4m")
-            dec = decode_frames(dev_dir / f"{clip}{STREAM_SUFFIX[stream]}")
-            if len(dec) != len(ref):
-                raise InputError(f"{clip} {stream}: {len(dec)} decoded frames vs {len(ref)} reference frames")
-            _cache[key] = (ref, dec)
-        ref, dec = _cache[key]
+        ref, dec = _decoded(clip, stream, dev_dir)
         n_frames = len(dec)
         idx = list(range(0, n_frames, frame_step))
         p_in, p_out = [], []
@@ -134,11 +153,54 @@ def evaluate(
     return results
 
 
+def evaluate_pqf(
+    enhancer,
+    clips: tuple[str, ...] = DEV_CLIPS,
+    stream: str = "hm",
+    frame_step: int = 1,
+    dev_dir: Path = DEV_DIR,
+    enhance: tuple[str, ...] = ("pqf", "nonpqf"),
+    all_of: str | None = None,
+) -> list[ClipResult]:
+    """ΔY-PSNR of a PQF-model `enhancer` on frames 0, step, 2*step, ... of each clip (plus every
+    frame of class `all_of`, "pqf" or "nonpqf", when given: PQFs are too few at step 3).
+
+    Frames whose class ("pqf" / "nonpqf") is not in `enhance` are left as decoded (0 gain):
+    a run that trains one network is measured without the other.
+    """
+    from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags, triplet_for
+
+    results = []
+    for clip in clips:
+        ref, dec = _decoded(clip, stream, dev_dir)
+        n_frames = len(dec)
+        flags = qp_flags(bitstream_qps(str(dev_dir / f"{clip}{STREAM_SUFFIX[stream]}")))
+        if len(flags) != n_frames:
+            raise InputError(f"{clip} {stream}: {len(flags)} slice-header frames vs {n_frames} decoded frames")
+        lookahead = default_lookahead(flags)
+        wanted = set(range(0, n_frames, frame_step))
+        if all_of is not None:
+            wanted |= {n for n, f in enumerate(flags) if f == (all_of == "pqf")}
+        idx = sorted(wanted)
+        p_in, p_out = [], []
+        for n in idx:
+            depth = dec[n].fmt.bit_depth
+            p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
+            if ("pqf" if flags[n] else "nonpqf") not in enhance:
+                p_out.append(p_in[-1])
+                continue
+            left, right = triplet_for(n, flags, lookahead)
+            out = enhancer.enhance_pqf_triplet(dec[left], dec[n], dec[right], flags[n])
+            p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
+        results.append(ClipResult(clip, stream, idx, p_in, p_out, [flags[n] for n in idx]))
+    return results
+
+
 def summarize(results: list[ClipResult]) -> dict:
     per_clip = {r.clip: round(r.delta, 4) for r in results}
     worst_class = min(min(r.delta_by_class().values()) for r in results)
     worst_frame = min(min(o - i for o, i in zip(r.psnr_out, r.psnr_in)) for r in results)
-    return {
+    summary = {
         "delta_mean": round(float(np.mean([r.delta for r in results])), 4),
         "per_clip": per_clip,
         "worst_class": round(worst_class, 4),
@@ -146,3 +208,16 @@ def summarize(results: list[ClipResult]) -> dict:
         "by_class": {r.clip: {k: round(v, 4) for k, v in r.delta_by_class().items()} for r in results},
         "psnr_in": {r.clip: round(float(np.mean(r.psnr_in)), 4) for r in results},
     }
+    if results and all(r.pqf is not None for r in results):
+        by_pqf = {r.clip: r.delta_by_pqf() for r in results}
+        summary["by_pqf"] = {c: {k: _round(v) for k, v in d.items()} for c, d in by_pqf.items()}
+        # Mean over clips of each clip's class gain (None unless every clip measured the class).
+        summary["pqf_class"] = {
+            k: _round(float(np.mean([d[k] for d in by_pqf.values()])) if all(d[k] is not None for d in by_pqf.values()) else None)
+            for k in ("pqf", "nonpqf")
+        }
+    return summary
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
