@@ -135,6 +135,30 @@ def test_train_resume_export_and_run(tiny_data, tmp_path, shared_file, monkeypat
     pqf_out = tmp_path / "pqf.safetensors"
     export_checkpoint(tmp_path / "p" / "last.pt", pqf_out)
 
+    # shipping: both files under the registry's default names, one card (measurement stubbed: the
+    # real one runs every dev frame)
+    from vsqe.train import ship
+
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", weights_dir)
+    calls = []
+
+    def fake_report(weights, streams, step, threads=None, model="stdf", pqf_weights=None):
+        calls.append((model, Path(weights).name, Path(pqf_weights).name))
+        return {"backend": "torch-fp32", "streams": {"hm": {"delta_mean": 0.1, "per_clip": {"city_416x240": 0.1}}}}
+
+    monkeypatch.setattr(ship, "report", fake_report)
+    assert ship.main(["--ckpt", str(tmp_path / "b" / "last.pt"), "--run", str(tmp_path / "b"),
+                      "--pqf-ckpt", str(tmp_path / "p" / "last.pt"), "--streams", "hm"]) == 0
+    assert calls == [("mfqev2-y", "mfqev2_y_qp37.candidate.safetensors", "mfqev2_y_pqf_qp37.candidate.safetensors")]
+    card = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())
+    assert card["model"] == "mfqev2-y" and card["pqf_network"]["weights"] == "mfqev2_y_pqf_qp37.safetensors"
+    assert "--pqf-weights vsqe/weights/mfqev2_y_pqf_qp37.safetensors" in card["evaluation"]["command"]
+    assert (weights_dir / "mfqev2_y_pqf_qp37.safetensors").is_file()
+    # the roles cannot be swapped
+    assert ship.main(["--ckpt", str(tmp_path / "p" / "last.pt"), "--run", str(tmp_path / "p")]) == 2
+
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")
     dst = tmp_path / "out.y4m"

@@ -2,8 +2,11 @@
 
   python -m vsqe.train.report --weights vsqe/weights/stdf_y_qp37.safetensors [--streams hm,x265,vvenc,x264]
       [--step 1] [--json out.json] [--backend torch-fp32]
+  python -m vsqe.train.report --model mfqev2-y --weights NONPQF.safetensors [--pqf-weights PQF.safetensors] ...
 
-Runs through vsqe.pipeline.enhancer.Enhancer (the inference path of every front end).
+Runs through vsqe.pipeline.enhancer.Enhancer (the inference path of every front end). PQF models
+run as `vsqe run` would with the same files (without --pqf-weights the non-PQF network enhances
+PQFs too) and add the gain on PQFs and on non-PQFs (`pqf_class`, `by_pqf`).
 """
 from __future__ import annotations
 
@@ -13,30 +16,40 @@ import time
 
 import numpy as np
 
-from vsqe.train.validate import DEV_CLIPS, STREAM_SUFFIX, evaluate, summarize
+from vsqe.train.validate import DEV_CLIPS, STREAM_SUFFIX, evaluate, evaluate_pqf, summarize
 
 
 def report(weights: str, streams: list[str], step: int = 1, backend: str = "torch-fp32", threads: int | None = None,
-           log=print) -> dict:
+           log=print, model: str = "stdf", pqf_weights: str | None = None) -> dict:
     from vsqe.pipeline.enhancer import Enhancer
 
-    enh = Enhancer(model="stdf", weights=weights, backend=backend, threads=threads)
-    out: dict = {"weights": weights, "backend": backend, "frame_step": step, "streams": {}}
+    enh = Enhancer(model=model, weights=weights, backend=backend, threads=threads, pqf_weights=pqf_weights)
+    pqf_model = enh.spec.temporal == "pqf"
+    out: dict = {"model": model, "weights": weights, "backend": backend, "frame_step": step, "streams": {}}
+    if pqf_model:
+        out["pqf_weights"] = pqf_weights
     for s in streams:
         t0 = time.time()
-        res = evaluate(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
+        if pqf_model:
+            res = evaluate_pqf(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
+        else:
+            res = evaluate(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
         summ = summarize(res)
         summ["psnr_out"] = {r.clip: round(float(np.mean(r.psnr_out)), 4) for r in res}
         summ["seconds"] = round(time.time() - t0, 1)
         out["streams"][s] = summ
+        by_pqf = summ.get("pqf_class")
         log(f"{s}: mean dY-PSNR {summ['delta_mean']:+.4f} dB  {summ['per_clip']}  worst class {summ['worst_class']:+.4f}"
-            f"  worst frame {summ['worst_frame']:+.4f}  ({summ['seconds']} s)")
+            f"  worst frame {summ['worst_frame']:+.4f}"
+            + (f"  PQF {by_pqf['pqf']} non-PQF {by_pqf['nonpqf']}" if by_pqf else "") + f"  ({summ['seconds']} s)")
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vsqe.train.report")
-    p.add_argument("--weights", required=True)
+    p.add_argument("--model", default="stdf")
+    p.add_argument("--weights", required=True, help="the weights (PQF models: the non-PQF network)")
+    p.add_argument("--pqf-weights", help="PQF models: the PQF network (default: --weights enhance PQFs too)")
     p.add_argument("--streams", default="hm,x265,vvenc,x264")
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--backend", default="torch-fp32")
@@ -47,7 +60,7 @@ def main(argv=None) -> int:
     for s in streams:
         if s not in STREAM_SUFFIX:
             p.error(f"unknown stream {s!r} (known: {', '.join(STREAM_SUFFIX)})")
-    r = report(a.weights, streams, a.step, a.backend, a.threads)
+    r = report(a.weights, streams, a.step, a.backend, a.threads, model=a.model, pqf_weights=a.pqf_weights)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(r, f, indent=1)

@@ -2,6 +2,12 @@
 
   python -m vsqe.train.ship --ckpt /work/runs/stdf/best.pt --run /work/runs/stdf \
       [--streams hm,x265,vvenc,x264] [--step 1] [--data /work/cache/vsqe-data/main]
+  python -m vsqe.train.ship --ckpt /work/runs/mfqev2-y-nonpqf/best.pt --run /work/runs/mfqev2-y-nonpqf \
+      [--pqf-ckpt /work/runs/mfqev2-y-pqf/best.pt]
+
+PQF models (the model comes from the checkpoint) ship two files, the registry's default_weights
+(non-PQF network, --ckpt) and default_pqf_weights (PQF network, --pqf-ckpt; without it only the
+non-PQF file is shipped and `vsqe run` lets it enhance PQFs too, as measured), with one card.
 
 Measures ΔY-PSNR of the exported file through the inference path (vsqe.train.report, fp32 backend)
 and writes the card next to the weights; refuses to ship weights that lose PSNR on the HM dev
@@ -17,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from vsqe.models.registry import WEIGHTS_DIR
+from vsqe.models.registry import WEIGHTS_DIR, get_model_spec
 from vsqe.train.export import export_checkpoint
 from vsqe.train.report import report
 from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
@@ -27,7 +33,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vsqe.train.ship")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--run", required=True, help="the training run folder (config, logs)")
-    p.add_argument("--name", default="stdf_y_qp37")
+    p.add_argument("--name", help="file stem under vsqe/weights (default: the registry's default_weights)")
+    p.add_argument("--pqf-ckpt", help="PQF models: the PQF network's checkpoint (a --pqf-role pqf run)")
     p.add_argument("--streams", default="hm,x265,vvenc,x264")
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--threads", type=int)
@@ -36,12 +43,34 @@ def main(argv=None) -> int:
 
     state = load_checkpoint(Path(a.ckpt))
     cfg = {**LEGACY_CONFIG, **state["config"]}
-    staging = Path(a.run) / f"{a.name}.candidate.safetensors"
+    spec = get_model_spec(cfg["model"])
+    pqf_model = spec.temporal == "pqf"
+    name = a.name or Path(spec.default_weights or "").stem
+    if not name:
+        print(f"model {spec.name!r} declares no default weights file: pass --name", file=sys.stderr)
+        return 2
+    pqf_state = load_checkpoint(Path(a.pqf_ckpt)) if a.pqf_ckpt else None
+    if pqf_model and cfg.get("pqf_role", "nonpqf") != "nonpqf":
+        print(f"--ckpt {a.ckpt} trained the {cfg['pqf_role']} network; --ckpt takes the non-PQF run", file=sys.stderr)
+        return 2
+    if pqf_state is not None and (not pqf_model or pqf_state["config"].get("pqf_role") != "pqf"
+                                  or pqf_state["config"]["model"] != spec.name):
+        print(f"--pqf-ckpt {a.pqf_ckpt} is not a --pqf-role pqf run of {spec.name}", file=sys.stderr)
+        return 2
+    pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None else None
+    staging = Path(a.run) / f"{name}.candidate.safetensors"
     export_checkpoint(a.ckpt, staging)
+    pqf_staging = None
+    if pqf_state is not None:
+        pqf_staging = Path(a.run) / f"{pqf_name}.candidate.safetensors"
+        export_checkpoint(a.pqf_ckpt, pqf_staging)
     streams = [s for s in a.streams.split(",") if s]
-    cmd = f"python -m vsqe.train.report --weights vsqe/weights/{a.name}.safetensors --streams {a.streams} --step {a.step}"
+    cmd = (f"python -m vsqe.train.report{f' --model {spec.name}' if spec.name != 'stdf' else ''} "
+           f"--weights vsqe/weights/{name}.safetensors"
+           f"{f' --pqf-weights vsqe/weights/{pqf_name}.safetensors' if pqf_name else ''} --streams {a.streams} --step {a.step}")
     t0 = time.time()
-    rep = report(str(staging), streams, a.step, threads=a.threads)
+    rep = report(str(staging), streams, a.step, threads=a.threads, model=spec.name,
+                 pqf_weights=None if pqf_staging is None else str(pqf_staging))
     hm = rep["streams"].get("hm")
     if hm and not a.force and (hm["delta_mean"] <= 0 or min(hm["per_clip"].values()) < 0):
         print(f"not shipping: HM dev dY-PSNR {hm['delta_mean']:+.4f} dB, per clip {hm['per_clip']}", file=sys.stderr)
@@ -56,11 +85,8 @@ def main(argv=None) -> int:
     packages = sorted({c.get("package") or "?" for c in clips})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     card = {
-        "model": "stdf",
-        "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
-        "weights": f"{a.name}.safetensors",
-        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
-        + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")"),
+        **_identity(spec.name, cfg),
+        "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
         "selected_by": "best ΔY-PSNR on every 3rd frame of the dev HM QP37 streams (validation during training)",
@@ -95,18 +121,46 @@ def main(argv=None) -> int:
             "results": rep["streams"],
             "seconds": round(time.time() - t0, 1),
         },
+        **({"pqf_network": {
+            "weights": f"{pqf_name}.safetensors",
+            "iterations": int(pqf_state["iteration"]),
+            "train_wall_hours": round(pqf_state.get("elapsed", 0.0) / 3600, 3),
+            "best": pqf_state.get("best"),
+            "init_from": pqf_state["config"].get("init_from", ""),
+        }} if pqf_state is not None else {}),
         "code_commit": commit,
         "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    dst = WEIGHTS_DIR / f"{a.name}.safetensors"
-    card_path = WEIGHTS_DIR / f"{a.name}.json"
+    dst = WEIGHTS_DIR / f"{name}.safetensors"
+    card_path = WEIGHTS_DIR / f"{name}.json"
     staging.replace(dst)
+    if pqf_staging is not None:
+        pqf_staging.replace(WEIGHTS_DIR / f"{pqf_name}.safetensors")
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=1))
     tmp.replace(card_path)
     print(f"shipped {dst} (iteration {card['iterations']}); card {card_path}")
     return 0
+
+
+def _identity(model: str, cfg: dict) -> dict:
+    """What the card says the network is and how it was trained."""
+    if model == "stdf":
+        return {
+            "model": "stdf",
+            "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
+            "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
+            + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")"),
+        }
+    return {
+        "model": model,
+        "variant": "MFQEv2 (PowerVQE layout) on Y: (left PQF, frame, right PQF) by vsqe's PQF schedule "
+        "(slice-QP peaks, radius 2); SpyNet sees Y replicated to 3 channels; non-PQF network (weights) and "
+        "PQF network (pqf_network)",
+        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
+        "SpyNet weights; the dense net's own BN trained as published, nothing folded)",
+    }
 
 
 if __name__ == "__main__":
