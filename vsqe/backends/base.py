@@ -16,8 +16,8 @@ class Backend(Protocol):
         ...
 
 
-# "auto" picks the fastest backend measured on this kind of machine (docs/benchmarks.md) among
-# those that can run the model here.
+# "auto" picks, per call size, the fastest backend measured on this kind of machine among those
+# that can run the model here (the rule and its numbers: choice.py; the lazy backend: auto.py).
 _NAMES = ("auto", "torch", "torch-fp32", "torch-bf16", "openvino", "openvino-fp32", "openvino-bf16", "trt", "trt-fp16")
 
 
@@ -25,11 +25,25 @@ def backend_names() -> tuple[str, ...]:
     return _NAMES
 
 
-def create_backend(name: str, model: torch.nn.Module, threads: int | None = None) -> Backend:
+def create_backend(
+    name: str,
+    model: torch.nn.Module,
+    threads: int | None = None,
+    model_name: str | None = None,
+    recurrent: bool = False,
+) -> Backend:
+    """`model_name` (the registry name) and `recurrent` matter to "auto" only: they select its
+    measured table; without a name auto runs torch-fp32 (nothing measured, nothing assumed)."""
     from vsqe.backends.torch_backend import TorchBackend, bf16_supported
 
     if name not in _NAMES:
         raise BackendError(f"unknown backend {name!r} (known: {', '.join(_NAMES)})")
+    if name == "auto":
+        from vsqe.backends.auto import AutoBackend
+        from vsqe.backends.choice import detect
+
+        caps = detect(model, model_name or "", recurrent=recurrent)
+        return AutoBackend(caps, lambda concrete: create_backend(concrete, model, threads=threads))
     if name.endswith("-bf16") and not bf16_supported():
         raise BackendError(f"backend {name!r} needs a CPU with AVX512-BF16 or AMX; this one has neither")
     if name.startswith("trt"):  # TensorRT on an NVIDIA GPU (backends/tensorrt.py, docs/tensorrt.md)
@@ -41,6 +55,5 @@ def create_backend(name: str, model: torch.nn.Module, threads: int | None = None
 
         precision = "fp32" if name == "openvino-fp32" else "bf16" if bf16_supported() else "fp32"
         return OpenVinoBackend(model, precision=precision, threads=threads)
-    # fp32 is the default until the fast bf16 path is measured to stay within 0.02 dB (issue 4).
     precision = "bf16" if name == "torch-bf16" else "fp32"
     return TorchBackend(model, precision=precision, threads=threads)

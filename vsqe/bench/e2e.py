@@ -132,8 +132,15 @@ class TimedBackend:
 
     def __init__(self, backend) -> None:
         self.inner = backend
-        self.name = backend.name
         self.calls: list[tuple[float, float]] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name  # auto's changes at its first call
+
+    def __getattr__(self, attr: str):
+        # The Enhancer asks auto for its tile (`tile_for`); a plain backend has none.
+        return getattr(self.inner, attr)
 
     def __call__(self, x):
         start = time.perf_counter()

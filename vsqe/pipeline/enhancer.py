@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from vsqe.backends import create_backend
+from vsqe.backends.choice import FALLBACK_UNTILED_PIXELS, tile_for
 from vsqe.errors import FormatError, ModelError
 from vsqe.io.formats import (
     VideoFrame,
@@ -44,10 +45,10 @@ from vsqe.pipeline.segments import SegmentCache, SegmentPlan, run_segment, strea
 from vsqe.pipeline.tiles import run_tiled
 from vsqe.pipeline.window import sliding_windows
 
-# Above this many pixels a frame is processed in tiles, to bound activation memory (STDF keeps
-# about 64 + 189 + 48 float channels per pixel alive: ~1.2 KB/px, ~2.5 GB at 1080p untiled).
-# 1080p itself runs whole: 512-px tiles with their 64-px overlaps cost 1.9x the model work there.
-DEFAULT_TILE_PIXELS = 1920 * 1088
+# Window models: how large a frame runs whole depends on the backend's memory per pixel
+# (OpenVINO ~4x torch's); the table and the ~4 GB budget live in vsqe/backends/choice.py.
+# Kept for backends outside that table: the old fixed limit (1080p whole, 512-px tiles above).
+DEFAULT_TILE_PIXELS = FALLBACK_UNTILED_PIXELS
 # Recurrent models hold ~100 B per pixel per segment frame (BasicVSR++ C64); frames above
 # SEGMENT_TILE_PIXELS run in tiles of at most DEFAULT_SEGMENT_TILE (docs/basicvsrpp.md, memory).
 SEGMENT_TILE_PIXELS = 1280 * 720
@@ -72,7 +73,8 @@ class Enhancer:
         pqf_lookahead: int | None = None,
     ) -> None:
         self.module, self.spec, self.weights_path = build_model(model, weights, require_weights=require_weights)
-        self.backend = create_backend(backend, self.module, threads=threads)
+        self.backend = create_backend(backend, self.module, threads=threads, model_name=self.spec.name,
+                                      recurrent=self.spec.temporal == "recurrent")
         self.tile = tile
         self.overlap = overlap
         self.segment_plan: SegmentPlan | None = None
@@ -126,18 +128,20 @@ class Enhancer:
             )
             return
         pqf_module, _, self.pqf_weights_path = build_model(model, pqf_weights, require_weights=require_weights)
-        self.pqf_backend = create_backend(backend, pqf_module, threads=threads)
+        self.pqf_backend = create_backend(backend, pqf_module, threads=threads, model_name=self.spec.name)
 
     @property
     def radius(self) -> int:
         return self.spec.radius
 
-    def _tile_for(self, height: int, width: int) -> int | None:
+    def _tile_for(self, height: int, width: int, backend=None) -> int | None:
+        """--tile, else whole frames up to the backend's memory limit (backends/choice.py)."""
         if self.tile is not None:
             return self.tile
-        if height * width <= DEFAULT_TILE_PIXELS:
-            return None
-        return 512
+        backend = self.backend if backend is None else backend
+        if hasattr(backend, "tile_for"):  # auto: the limit of the backend it picks for this frame
+            return backend.tile_for(height, width)
+        return tile_for(backend.name, height, width)
 
     def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """[N, T, C, H, W] float in [0, 1], any H, W -> [N, C, H, W] float (unclipped)."""
@@ -153,7 +157,7 @@ class Enhancer:
                 x,
                 multiple=self.spec.size_multiple,
                 min_size=self.spec.min_size,
-                tile=self._tile_for(h, w),
+                tile=self._tile_for(h, w, backend),
                 overlap=self.overlap,
             )
 

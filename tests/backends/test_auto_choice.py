@@ -1,0 +1,126 @@
+"""`--backend auto`: the rule (backends/choice.py) on faked capabilities, the memory table, and
+the lazy backend (backends/auto.py) with a fake factory."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from vsqe.backends import choice
+from vsqe.backends.auto import AutoBackend
+from vsqe.backends.choice import Capabilities, choose, estimated_rss_mb, tile_for, tile_side, untiled_pixel_limit
+
+CIF = 416 * 240
+WVGA = 832 * 480
+HD = 1920 * 1088  # 1080p padded to STDF's multiple of 8
+UHD = 3840 * 2160
+FULL = Capabilities(bf16=True, openvino=True, model="stdf")
+
+
+@pytest.mark.parametrize(
+    "caps, pixels, want",
+    [
+        (FULL, CIF, "torch-bf16"),  # tie at 416x240 (6.36 / 6.34 fps): the cheaper one
+        (FULL, WVGA - 8, "torch-bf16"),  # below 832x480 the 416x240 row holds
+        (FULL, WVGA, "openvino-bf16"),  # 1.49 vs 0.86 fps
+        (FULL, 1280 * 720, "openvino-bf16"),
+        (FULL, HD, "torch-bf16"),  # openvino-bf16 whole would need ~11 GB
+        (Capabilities(bf16=True, openvino=False), CIF, "torch-bf16"),
+        (Capabilities(bf16=True, openvino=False), WVGA, "torch-bf16"),
+        (Capabilities(bf16=False, openvino=True), CIF, "openvino-fp32"),
+        (Capabilities(bf16=False, openvino=True), WVGA, "openvino-fp32"),
+        (Capabilities(bf16=False, openvino=False), WVGA, "torch-fp32"),
+        (Capabilities(bf16=True, openvino=True, tensorrt=True), HD, "trt"),
+        (Capabilities(bf16=True, openvino=False, tensorrt=True, recurrent=True, model="basicvsrpp"), CIF, "torch-fp32"),
+        # bf16 is not checked against fp32's ΔPSNR for these: fp32 until measured
+        (Capabilities(bf16=True, openvino=False, model="mfqev2"), WVGA, "torch-fp32"),
+        (Capabilities(bf16=True, openvino=False, model="basicvsrpp"), CIF, "torch-fp32"),
+        (Capabilities(bf16=True, openvino=True, model="stdf", excluded=frozenset({"openvino-bf16"})), WVGA, "openvino-fp32"),
+        (Capabilities(bf16=True, openvino=True, model="stdf", excluded=frozenset({"openvino-bf16", "openvino-fp32"})),
+         WVGA, "torch-bf16"),
+    ],
+)
+def test_auto_picks_by_the_rule(caps, pixels, want):
+    got = choose(caps, pixels)
+    assert got.name == want, got.reason
+    assert got.reason
+
+
+def test_nothing_fits_whole_picks_the_leanest_and_tiles_it():
+    got = choose(FULL, UHD)
+    assert got.name == "torch-bf16" and "tiled" in got.reason
+    tile = tile_for(got.name, 2160, 3840)
+    assert tile is not None and tile % 64 == 0
+    assert choose(FULL, tile * tile).name in ("torch-bf16", "openvino-bf16")  # each tile fits some backend
+    assert all(estimated_rss_mb(n, tile * tile) <= choice.MEMORY_BUDGET_MB for n in [choose(FULL, tile * tile).name])
+
+
+@pytest.mark.parametrize("name", ["torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16"])
+def test_default_1080p_stays_within_the_budget_on_every_backend(name):
+    tile = tile_for(name, 1088, 1920)
+    pixels = HD if tile is None else tile * tile
+    assert estimated_rss_mb(name, pixels) <= choice.MEMORY_BUDGET_MB
+    assert untiled_pixel_limit(name) >= WVGA  # the dev-clip sizes run whole everywhere
+
+
+def test_threshold_table_follows_memory_per_pixel():
+    # torch runs 1080p whole (3.3 GB measured); openvino-bf16 (~11 GB whole) must tile it.
+    assert tile_for("torch-bf16", 1088, 1920) is None
+    assert tile_for("torch-fp32", 1088, 1920) is None
+    assert tile_for("openvino-bf16", 1088, 1920) == tile_side("openvino-bf16") < 1088
+    assert untiled_pixel_limit("openvino-bf16") < untiled_pixel_limit("torch-bf16")
+    # backends outside the table (trt, bench-only) keep the old fixed limit
+    assert tile_for("trt", 1088, 1920) is None and tile_for("trt", 2160, 3840) == choice.FALLBACK_TILE
+
+
+class _Fake:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name, self.fail, self.calls = name, fail, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("cannot convert this model")
+        return x[:, 0] + {"torch-bf16": 1, "openvino-bf16": 2, "openvino-fp32": 3, "torch-fp32": 4}[self.name]
+
+
+def _auto(caps: Capabilities, failing: set[str] = frozenset()):
+    built: list[str] = []
+
+    def factory(name: str):
+        built.append(name)
+        return _Fake(name, fail=name in failing)
+
+    return AutoBackend(caps, factory), built
+
+
+def test_auto_builds_lazily_per_size_and_logs_once(caplog):
+    auto, built = _auto(FULL)
+    assert auto.name == "auto" and built == []
+    caplog.set_level(logging.INFO, logger="vsqe.backends")
+    small = torch.zeros(1, 7, 1, 240, 416)
+    assert float(auto(small).max()) == 1 and auto.name == "torch-bf16"
+    auto(small)
+    big = torch.zeros(1, 7, 1, 480, 832)
+    assert float(auto(big).max()) == 2 and auto.name == "openvino-bf16"
+    assert built == ["torch-bf16", "openvino-bf16"] and auto.chosen == built
+    lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
+    assert len(lines) == 2 and "torch-bf16 for 416x240" in lines[0] and "openvino-bf16 for 832x480" in lines[1]
+
+
+def test_auto_falls_back_with_one_warning_when_a_backend_fails(caplog):
+    auto, built = _auto(FULL, failing={"openvino-bf16", "openvino-fp32"})
+    big = torch.zeros(1, 7, 1, 480, 832)
+    assert float(auto(big).max()) == 1 and auto.name == "torch-bf16"
+    assert built == ["openvino-bf16", "openvino-fp32", "torch-bf16"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "cannot convert this model" in warnings[0]
+    auto(big)
+    assert built[-1] == "torch-bf16" and len(built) == 3  # not retried
+
+
+def test_auto_raises_when_the_last_resort_fails():
+    auto, _ = _auto(Capabilities(bf16=False, openvino=False), failing={"torch-fp32"})
+    with pytest.raises(RuntimeError, match="cannot convert"):
+        auto(torch.zeros(1, 7, 1, 16, 16))
