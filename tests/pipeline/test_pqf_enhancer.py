@@ -137,9 +137,11 @@ def test_options_that_do_not_apply_and_bad_values():
     enh = Enhancer("mfqev2", require_weights=False)
     with pytest.raises(ModelError, match="PQF-scheduled"):
         enh.enhance_window(_frames(3))
-    # More frames than flags: misaligned flags are an error, not a silent shift.
-    with pytest.raises(FormatError, match="no PQF flag"):
+    # More frames than flags, or fewer: misaligned flags are an error, not a silent shift.
+    with pytest.raises(FormatError, match=r"the PQF flags cover 1 frames, the decoder gave more \(frame 1\)"):
         list(enh.enhance_stream(iter(_frames(3)), pqf_flags=[True]))
+    with pytest.raises(FormatError, match="the PQF flags cover 4 frames, the decoder gave 3"):
+        list(enh.enhance_stream(iter(_frames(3)), pqf_flags=[True, False, False, True]))
     frames = _frames(2)
     frames[1].qp = None
     with pytest.raises(FormatError, match="slice QP unknown"):
