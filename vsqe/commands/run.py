@@ -162,15 +162,17 @@ def run_command(args: argparse.Namespace) -> int:
 def _check_model_options(args: argparse.Namespace) -> None:
     """Options of one model kind given for another: one line, exit 2, before any model loads."""
     from vsqe.errors import ModelError
-    from vsqe.models import get_model_spec
+    from vsqe.models import get_model_spec, model_names
 
     spec = get_model_spec(args.model)
+    # Named from the registry, so a newly registered model shows up in the message.
+    kind = lambda temporal: ", ".join(n for n in model_names() if get_model_spec(n).temporal == temporal)  # noqa: E731
     given = lambda *names: [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]  # noqa: E731
     if spec.temporal != "pqf" and given("pqf", "pqf_lookahead", "pqf_weights"):
-        raise ModelError(f"{', '.join(given('pqf', 'pqf_lookahead', 'pqf_weights'))}: model {args.model!r} does not use PQFs (PQF models: mfqev2)")
+        raise ModelError(f"{', '.join(given('pqf', 'pqf_lookahead', 'pqf_weights'))}: model {args.model!r} does not use PQFs (PQF models: {kind('pqf')})")
     if spec.temporal != "recurrent" and given("segment_length", "segment_overlap"):
         raise ModelError(
-            f"{', '.join(given('segment_length', 'segment_overlap'))}: model {args.model!r} is not a recurrent segment model (basicvsrpp)"
+            f"{', '.join(given('segment_length', 'segment_overlap'))}: model {args.model!r} is not a recurrent segment model ({kind('recurrent')})"
         )
     if args.segment_length is not None and args.segment_length < 1:
         raise ModelError(f"--segment-length must be at least 1, got {args.segment_length}")
