@@ -9,6 +9,9 @@ vsqe/backends only if it measures fastest on a quiet machine (docs/benchmarks.md
 - ``torch-compile-fp32``, ``torch-compile-bf16``: torch.compile (inductor, CPU) of the eager fp32
   path and of the bf16 autocast + channels_last path; our DCN stays an opaque custom op (it has a
   fake implementation). Compiled at the first call of each input shape.
+- ``ort-int8``: the INT8 experiment (bench/int8.py): ``ort-fp32``'s graph with its Convs
+  quantized (QDQ, u8 activations, s8 per-channel weights), calibrated on training clips;
+  ``ort-int8-mixed`` keeps the offset/mask conv and the last conv in fp32 too.
 - ``reference``: eager fp32 with torchvision's deform_conv2d (what the papers' code runs).
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from vsqe.backends import Backend, backend_names, create_backend
 from vsqe.errors import BackendError
 
 REFERENCE = "reference"
-BENCH_ONLY = ("ort-fp32", "torch-compile-fp32", "torch-compile-bf16")
+BENCH_ONLY = ("ort-fp32", "ort-int8", "ort-int8-mixed", "torch-compile-fp32", "torch-compile-bf16")
 
 
 def known_names() -> tuple[str, ...]:
@@ -118,12 +121,17 @@ def make_backend(name: str, module: torch.nn.Module, model_name: str, threads: i
         return create_backend("torch-fp32", module, threads=threads)
     if name == "ort-fp32":
         return OrtBackend(module, model_name, threads)
+    if name in ("ort-int8", "ort-int8-mixed"):
+        from vsqe.bench.int8 import OrtInt8Backend
+
+        return OrtInt8Backend(module, model_name, threads, mixed=name == "ort-int8-mixed")
     if name.startswith("torch-compile-"):
         precision = name.rsplit("-", 1)[1]
         if precision == "bf16" and not bf16_supported():
             raise BackendError(f"backend {name!r} needs a CPU with AVX512-BF16 or AMX; this one has neither")
         return CompiledBackend(module, precision, threads)
-    return create_backend(name, module, threads=threads)
+    spec_name = model_name  # "auto" reads the model's measured table by its registry name
+    return create_backend(name, module, threads=threads, model_name=spec_name)
 
 
 def reset_module(module: torch.nn.Module) -> torch.nn.Module:
