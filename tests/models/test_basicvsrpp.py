@@ -224,3 +224,27 @@ def test_sr_variant_upsamples_by_four(single_thread):
         model.conv_last.bias.zero_()
         base = torch.nn.functional.interpolate(x[0], scale_factor=4, mode="bilinear", align_corners=False)
         assert torch.allclose(model(x)[0], base)
+
+
+def test_y_variant_is_narrow_with_y_in_and_out_and_the_official_spynet(single_thread):
+    spec = get_model_spec("basicvsrpp-y")
+    assert (spec.temporal, spec.color, spec.size_multiple, spec.min_size, spec.scale) == ("recurrent", "y", 4, 256, 1)
+    assert (spec.segment_length, spec.segment_overlap) == (get_model_spec("basicvsrpp").segment_length,
+                                                          get_model_spec("basicvsrpp").segment_overlap)
+    assert spec.default_weights == "basicvsrpp_y_qp37.safetensors"
+    model = meta_model("basicvsrpp-y")
+    found = shapes(model)
+    assert found["feat_extract.0.weight"] == (32, 1, 3, 3) and found["conv_last.weight"] == (1, 32, 3, 3)
+    assert found["backbone.forward_2.main.0.weight"] == (32, 160, 3, 3)
+    assert "backbone.forward_2.main.2.2.conv1.weight" not in found  # B = 2
+    assert "feat_extract.4.main.2.2.conv1.weight" not in found and "reconstruction.main.2.2.conv1.weight" not in found
+    assert all(found[k] == v for k, v in SPYNET_SHAPES.items())  # 3-channel, official keys
+    assert sum(p.numel() for p in model.spynet.parameters()) == 1_440_300
+    # a Y sequence in, every frame out (SpyNet sees Y replicated); a silent conv_last = identity
+    torch.manual_seed(0)
+    y = spec.build().eval()
+    torch.nn.init.zeros_(y.conv_last.weight)
+    torch.nn.init.zeros_(y.conv_last.bias)
+    x = torch.rand(1, 2, 1, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(y(x), x)

@@ -13,6 +13,9 @@ ones (mmagic `BasicVSRPlusPlusNet`, PowerVQE `BasicVSRPlusPlusNoMirror`, without
 - "basicvsrpp-mmagic-sr": mmagic's x4 video super-resolution model (REDS4 / Vimeo-90K), C=64, B=7,
   features at input resolution (`feat_extract.main.*`), output 4x the input size + a bilinear x4
   upsample of the input. 7,322,927 parameters. Input >= 64.
+- "basicvsrpp-y": vsqe's own narrow QE model on Y (C=32, B=2, 2/2 extraction/reconstruction
+  blocks, hr 32; SpyNet whole, fed Y replicated), trained by `vsqe train` (docs/training.md §8).
+  2,702,413 parameters. Only vsqe-trained weights; official checkpoints load into "basicvsrpp".
 
 Forward contract (ModelSpec temporal="recurrent"): lqs [N, T, 3, H, W] RGB in [0, 1] ->
 [N, T, 3, scale*H, scale*W], every frame of the sequence (the pipeline cuts long clips into
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsqe.models.registry import ModelSpec, register
-from vsqe.models.spynet import SpyNet, fill_spynet_buffers, flow_warp
+from vsqe.models.spynet import SpyNet, as_spynet_input, fill_spynet_buffers, flow_warp
 from vsqe.ops import deform_conv2d
 
 BRANCHES = ("backward_1", "forward_1", "backward_2", "forward_2")
@@ -132,7 +135,12 @@ class SecondOrderDeformableAlignment(nn.Module):
         offset_1 = offset_1 + flow_1.flip(1).repeat(1, offset_1.size(1) // 2, 1, 1)
         offset_2 = offset_2 + flow_2.flip(1).repeat(1, offset_2.size(1) // 2, 1, 1)
         offset = torch.cat([offset_1, offset_2], dim=1)
-        return deform_conv2d(x, offset, torch.sigmoid(mask), self.weight, self.bias, padding=self.padding)
+        return self.deform(x, offset, torch.sigmoid(mask))
+
+    def deform(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The DCN itself: vsqe.ops (every inference path); the trainer swaps in its grid_sample
+        version per instance (vsqe/train/dcn.py: same function, vectorised backward)."""
+        return deform_conv2d(x, offset, mask, self.weight, self.bias, padding=self.padding)
 
 
 class BasicVSRPlusPlus(nn.Module):
@@ -145,34 +153,44 @@ class BasicVSRPlusPlus(nn.Module):
         max_residue_magnitude: float = 10.0,
         is_low_res_input: bool = False,
         hr_channels: int = 64,
+        in_channels: int = 3,
+        extract_blocks: int = 5,
+        reconstruction_blocks: int = 5,
     ) -> None:
-        """`hr_channels` is 64 in every official model (hard-wired there); smaller only for tests."""
+        """`hr_channels` (64), `in_channels` (3, RGB) and the 5 residual blocks of feature
+        extraction and reconstruction are fixed in every official model; other values build
+        vsqe's own narrower variants (`basicvsrpp-y`: Y in and out) and the tests' tiny nets."""
         super().__init__()
         c = mid_channels
         self.mid_channels = c
+        self.in_channels = in_channels
         self.is_low_res_input = is_low_res_input
         self.scale = 4 if is_low_res_input else 1
+        # Smallest SpyNet input side the forward accepts (mmagic asserts 64). The trainer lowers
+        # it on its own copy: 64-px training patches give 16-px flow inputs (SpyNet resizes them
+        # to 32 internally); inference keeps the official minimum through spec.min_size.
+        self.min_flow_size = 64
         self.spynet = SpyNet()
         if is_low_res_input:
-            self.feat_extract = ResidualBlocksWithInputConv(3, c, 5)
+            self.feat_extract = ResidualBlocksWithInputConv(in_channels, c, extract_blocks)
         else:
             self.feat_extract = nn.Sequential(
-                nn.Conv2d(3, c, 3, 2, 1),
+                nn.Conv2d(in_channels, c, 3, 2, 1),
                 nn.LeakyReLU(negative_slope=0.1, inplace=True),
                 nn.Conv2d(c, c, 3, 2, 1),
                 nn.LeakyReLU(negative_slope=0.1, inplace=True),
-                ResidualBlocksWithInputConv(c, c, 5),
+                ResidualBlocksWithInputConv(c, c, extract_blocks),
             )
         self.deform_align = nn.ModuleDict()
         self.backbone = nn.ModuleDict()
         for i, name in enumerate(BRANCHES):
             self.deform_align[name] = SecondOrderDeformableAlignment(c, max_residue_magnitude)
             self.backbone[name] = ResidualBlocksWithInputConv((2 + i) * c, c, num_blocks)
-        self.reconstruction = ResidualBlocksWithInputConv(5 * c, c, 5)
+        self.reconstruction = ResidualBlocksWithInputConv(5 * c, c, reconstruction_blocks)
         self.upsample1 = PixelShufflePack(c, c, 2)
         self.upsample2 = PixelShufflePack(c, hr_channels, 2)
         self.conv_hr = nn.Conv2d(hr_channels, hr_channels, 3, 1, 1)
-        self.conv_last = nn.Conv2d(hr_channels, 3, 3, 1, 1)
+        self.conv_last = nn.Conv2d(hr_channels, in_channels, 3, 1, 1)
 
     # -- stages ------------------------------------------------------------------------------
     def _flow_input(self, frame: torch.Tensor) -> torch.Tensor:
@@ -185,6 +203,7 @@ class BasicVSRPlusPlus(nn.Module):
 
     def _flows(self, small: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """flows_backward[i] = flow(i -> i+1), flows_forward[i] = flow(i+1 -> i), i < T-1."""
+        small = [as_spynet_input(s) for s in small]  # Y models: Y replicated to 3 channels
         backward = [self.spynet(small[i], small[i + 1]) for i in range(len(small) - 1)]
         forward = [self.spynet(small[i + 1], small[i]) for i in range(len(small) - 1)]
         return forward, backward
@@ -258,9 +277,10 @@ class BasicVSRPlusPlus(nn.Module):
             raise ValueError(f"BasicVSR++ (QE) needs H and W multiples of 4, got {h}x{w}")
         frames = [lqs[:, i] for i in range(t)]
         small = [self._flow_input(f) for f in frames]
-        if min(small[0].shape[-2:]) < 64:
+        if min(small[0].shape[-2:]) < self.min_flow_size:
+            m = self.min_flow_size
             raise ValueError(
-                f"BasicVSR++ needs flow inputs of at least 64x64 (QE: frames of at least 256x256), got {h}x{w}"
+                f"BasicVSR++ needs flow inputs of at least {m}x{m} (QE: frames of at least {4 * m}x{4 * m}), got {h}x{w}"
             )
         spatial = [self.feat_extract(f) for f in frames]
         flows_forward, flows_backward = self._flows(small)
@@ -329,3 +349,31 @@ for _name, (_description, _kwargs) in _CONFIGS.items():
             convert_state_dict=convert_official_basicvsrpp,
         )
     )
+
+# vsqe's own Y model, trained by `vsqe train --model basicvsrpp-y` (docs/training.md §8): the
+# QE layout with 1 input / output channel and narrower than PowerVQE's C64 B7, so that training
+# on two CPU cores is affordable. Measured training step (1 thread, bf16, 7 frames x 128 px):
+# C32 B2 244k FLOP per output pixel (STDF-R3 Y 479k; the full C64 B7 901k), of which SpyNet
+# (kept whole, 3-channel, fed Y replicated) is 69k. Official RGB checkpoints keep loading into
+# `basicvsrpp`; this variant has its own keys' shapes and only vsqe-trained weights.
+BASICVSRPP_Y = dict(
+    mid_channels=32, num_blocks=2, is_low_res_input=False, hr_channels=32, in_channels=1,
+    extract_blocks=2, reconstruction_blocks=2,
+)
+register(
+    ModelSpec(
+        name="basicvsrpp-y",
+        description="BasicVSR++ QE on Y, C32 B2 (vsqe-trained, HM LDP QP37); recurrent, segments",
+        build=functools.partial(BasicVSRPlusPlus, **BASICVSRPP_Y),
+        color="y",
+        radius=0,
+        size_multiple=4,
+        min_size=256,
+        scale=1,
+        temporal="recurrent",
+        segment_length=SEGMENT_LENGTH,
+        segment_overlap=SEGMENT_OVERLAP,
+        default_weights="basicvsrpp_y_qp37.safetensors",
+        convert_state_dict=convert_official_basicvsrpp,
+    )
+)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vsqe.models.registry import ModelSpec, register
-from vsqe.models.spynet import SpyNet, fill_spynet_buffers, flow_warp
+from vsqe.models.spynet import SpyNet, as_spynet_input, fill_spynet_buffers, flow_warp
 
 FEATURE_KERNELS = (3, 5, 7)
 
@@ -57,10 +57,7 @@ class MFQEv2(nn.Module):
         """Backward-warps `neighbour` onto `centre` with the SpyNet flow centre -> neighbour
         (bilinear, zero padding, align_corners=True: mmedit's flow_warp). A Y model feeds SpyNet
         its plane replicated to 3 channels: SpyNet's layers and keys stay the RGB ones."""
-        if self.in_channels == 1:
-            flow = self.spynet(centre.expand(-1, 3, -1, -1), neighbour.expand(-1, 3, -1, -1))
-        else:
-            flow = self.spynet(centre, neighbour)
+        flow = self.spynet(as_spynet_input(centre), as_spynet_input(neighbour))
         return flow_warp(neighbour, flow)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,14 @@ class SpyNet(nn.Module):
         return flow
 
 
+def as_spynet_input(x: torch.Tensor) -> torch.Tensor:
+    """What SpyNet sees of a frame [N, C, H, W]: RGB as is, a Y plane replicated to 3 channels.
+
+    Y models (mfqev2-y, basicvsrpp-y) keep SpyNet's 3-channel layers and keys (official SpyNet
+    weights and RGB checkpoints stay loadable); `expand` costs no copy."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 def fill_spynet_buffers(state: dict[str, torch.Tensor], prefix: str = "spynet.") -> dict[str, torch.Tensor]:
     """Adds the constant `mean`/`std` buffers when a checkpoint omits them (older mmedit saves,
     hand-converted weights); a checkpoint that has them keeps its own values."""

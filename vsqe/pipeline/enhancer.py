@@ -224,9 +224,11 @@ class Enhancer:
             )
 
     def enhance_segment(self, frames: Sequence[VideoFrame]) -> list[VideoFrame]:
-        """Enhances every frame of one segment of decoded frames (RGB models: YUV -> RGB -> YUV)."""
-        if self.spec.color != "rgb":
-            raise ModelError(f"recurrent model {self.spec.name!r} must be an RGB model")
+        """Enhances every frame of one segment of decoded frames (RGB models: YUV -> RGB -> YUV;
+        Y models: the luma planes, chroma kept)."""
+        if self.spec.color == "y":
+            out = self.enhance_segment_tensor(frames_to_luma_tensor(list(frames)))[0]
+            return [f.with_planes([float_to_plane(out[i, 0], f.fmt), *f.planes[1:]]) for i, f in enumerate(frames)]
         out = self.enhance_segment_tensor(frames_to_rgb_tensor(list(frames)))[0]
         return [f.with_planes(rgb_tensor_to_planes(out[i], f)) for i, f in enumerate(frames)]
 
