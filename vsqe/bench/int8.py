@@ -7,6 +7,7 @@ calibration windows of compressed frames out of the training set (``VSQE_INT8_CA
 /work/cache/vsqe-data/main: the x265 QP37 clips `vsqe data build` wrote), never the dev clips the
 accuracy table scores; random frames only when no training data is there, with a warning
 (ranges calibrated on noise make the accuracy figures meaningless; the speed ones still hold).
+Activation ranges by MinMax, or by ORT's Percentile / Entropy with VSQE_INT8_CALIB_METHOD.
 
 ``ort-int8-mixed`` keeps the Convs the output is most sensitive to in fp32 as well (the one
 predicting the DCN's offsets and masks, and the last one). Neither is offered by `vsqe run`:
@@ -85,7 +86,9 @@ class OrtInt8Backend:
         try:
             import onnx
             import onnxruntime as ort
-            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization import (
+                CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+            )
         except ImportError:
             raise BackendError("backend 'ort-int8' needs onnxruntime (with its quantization tools)") from None
         from vsqe.export.onnx import INPUT_NAME, example_shape, export_module
@@ -106,13 +109,17 @@ class OrtInt8Backend:
                 return None if x is None else {INPUT_NAME: x}
 
         self.fp32_nodes = sensitive_convs(proto) if mixed else []
+        # MinMax by default; VSQE_INT8_CALIB_METHOD=Percentile or Entropy tries ORT's others.
+        self.method = os.environ.get("VSQE_INT8_CALIB_METHOD", "MinMax")
+        if self.method not in ("MinMax", "Percentile", "Entropy"):
+            raise BackendError(f"VSQE_INT8_CALIB_METHOD must be MinMax, Percentile or Entropy, got {self.method!r}")
         with tempfile.TemporaryDirectory(prefix="vsqe-int8-") as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(proto, str(src))
             quantize_static(
                 str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=self.fp32_nodes,
+                nodes_to_exclude=self.fp32_nodes, calibrate_method=getattr(CalibrationMethod, self.method),
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
             data = dst.read_bytes()
@@ -122,8 +129,8 @@ class OrtInt8Backend:
         self.name = "ort-int8-mixed" if mixed else "ort-int8"
         self._input = INPUT_NAME
         self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        log.info("%s: %s calibrated on %s; fp32: DeformConv%s", self.name, ", ".join(QUANTIZED_OPS),
-                 self.calibration, "".join(f", {n}" for n in self.fp32_nodes))
+        log.info("%s: %s calibrated (%s) on %s; fp32: DeformConv%s", self.name, ", ".join(QUANTIZED_OPS),
+                 self.method, self.calibration, "".join(f", {n}" for n in self.fp32_nodes))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         (out,) = self._session.run(None, {self._input: x.float().contiguous().numpy()})
