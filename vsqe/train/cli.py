@@ -8,6 +8,7 @@
              [--lr LR] [--loss mse|charbonnier] [--no-batchnorm] [--val-every N]
   vsqe train --model mfqev2-y --pqf-role nonpqf|pqf --data DIR --out DIR [--resume]
              [--init-from FILE] [--partner-weights FILE] ...
+  vsqe train --model basicvsrpp-y --data DIR --out DIR [--resume] [--frames T] [--val-frames N] ...
   vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
 """
 from __future__ import annotations
@@ -79,9 +80,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume-from", help="continue from this checkpoint file")
     p.add_argument("--refresh-data", action="store_true", help="on resume, train on the data folder's current clips")
     p.add_argument("--iters", type=int, default=60000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--patch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch", type=int, help="samples per step (default 16; recurrent models 2)")
+    p.add_argument("--patch", type=int, help="patch side in px (default 64; recurrent models 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; recurrent models 2e-4)")
     p.add_argument("--loss", choices=["mse", "charbonnier"], default="mse")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_false",
                    help="train the plain architecture (default: BN after each conv+ReLU, folded on export)")
@@ -100,6 +101,10 @@ def add_train_parser(sub) -> None:
                    help="PQF models: start a new run from these weights (e.g. the PQF run from the non-PQF export)")
     p.add_argument("--partner-weights", default="", metavar="FILE",
                    help="PQF models, validation: the other network's weights (default: its frames stay as decoded)")
+    p.add_argument("--frames", type=int, default=7,
+                   help="recurrent models (basicvsrpp-y): frames per training clip segment (default: %(default)s)")
+    p.add_argument("--val-frames", type=int, default=12,
+                   help="recurrent models: leading frames of each dev clip the subset validation streams (default: %(default)s)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
@@ -161,18 +166,26 @@ def _cmd_train(args) -> int:
         export_checkpoint(args.ckpt, args.out)
         print(f"wrote {args.out}")
         return 0
-    from vsqe.train.trainer import Trainer, TrainConfig
+    from vsqe.train.trainer import Trainer, TrainConfig, is_recurrent_model
 
     if args.data is None or args.out is None:
         raise VsqeError("vsqe train needs --data DIR and --out DIR")
+    # Recurrent models: fewer, larger samples. A 128-px patch gives SpyNet the 32-px input it
+    # computes at anyway (a 64-px one is resized up from 16 px: 4x the flow cost per output
+    # pixel), and 2 x 7 frames x 128 px is ~2 s per step on one core (docs/training.md §8).
+    recurrent = is_recurrent_model(args.model)
+    batch = args.batch if args.batch is not None else (2 if recurrent else 16)
+    patch = args.patch if args.patch is not None else (128 if recurrent else 64)
+    # No BN in the recurrent net (trainer.py): closer to the published 1e-4 than STDF-BN's 5e-4.
+    lr = args.lr if args.lr is not None else (2e-4 if recurrent else 5e-4)
     cfg = TrainConfig(
         data=str(args.data),
         out=str(args.out),
         model=args.model,
         iters=args.iters,
-        batch=args.batch,
-        patch=args.patch,
-        lr=args.lr,
+        batch=batch,
+        patch=patch,
+        lr=lr,
         loss=args.loss,
         batchnorm=args.batchnorm,
         warmup=args.warmup,
@@ -187,9 +200,13 @@ def _cmd_train(args) -> int:
         pqf_role=args.pqf_role,
         init_from=args.init_from,
         partner_weights=args.partner_weights,
+        frames=args.frames,
+        val_frames=args.val_frames,
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
+    if recurrent and (cfg.patch < 64 or cfg.frames < 2):
+        raise VsqeError(f"recurrent models need --patch >= 64 and --frames >= 2, got {cfg.patch} and {cfg.frames}")
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, refresh_data=args.refresh_data,
                       log=lambda m: print(m, flush=True))
     trainer.run()

@@ -3,10 +3,12 @@
   python -m vsqe.train.report --weights vsqe/weights/stdf_y_qp37.safetensors [--streams hm,x265,vvenc,x264]
       [--step 1] [--json out.json] [--backend torch-fp32]
   python -m vsqe.train.report --model mfqev2-y --weights NONPQF.safetensors [--pqf-weights PQF.safetensors] ...
+  python -m vsqe.train.report --model basicvsrpp-y --weights vsqe/weights/basicvsrpp_y_qp37.safetensors ...
 
 Runs through vsqe.pipeline.enhancer.Enhancer (the inference path of every front end). PQF models
 run as `vsqe run` would with the same files (without --pqf-weights the non-PQF network enhances
-PQFs too) and add the gain on PQFs and on non-PQFs (`pqf_class`, `by_pqf`).
+PQFs too) and add the gain on PQFs and on non-PQFs (`pqf_class`, `by_pqf`). Recurrent models
+stream each clip through the Enhancer's segments (the model's segment length and overlap).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 
 import numpy as np
 
-from vsqe.train.validate import DEV_CLIPS, STREAM_SUFFIX, evaluate, evaluate_pqf, summarize
+from vsqe.train.validate import DEV_CLIPS, STREAM_SUFFIX, evaluate, evaluate_pqf, evaluate_recurrent, summarize
 
 
 def report(weights: str, streams: list[str], step: int = 1, backend: str = "torch-fp32", threads: int | None = None,
@@ -32,6 +34,8 @@ def report(weights: str, streams: list[str], step: int = 1, backend: str = "torc
         t0 = time.time()
         if pqf_model:
             res = evaluate_pqf(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
+        elif enh.spec.temporal == "recurrent":
+            res = evaluate_recurrent(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
         else:
             res = evaluate(enh, clips=DEV_CLIPS, stream=s, frame_step=step)
         summ = summarize(res)

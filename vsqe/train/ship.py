@@ -4,6 +4,7 @@
       [--streams hm,x265,vvenc,x264] [--step 1] [--data /work/cache/vsqe-data/main]
   python -m vsqe.train.ship --ckpt /work/runs/mfqev2-y-nonpqf/best.pt --run /work/runs/mfqev2-y-nonpqf \
       [--pqf-ckpt /work/runs/mfqev2-y-pqf/best.pt]
+  python -m vsqe.train.ship --ckpt /work/runs/basicvsrpp-y/best.pt --run /work/runs/basicvsrpp-y
 
 PQF models (the model comes from the checkpoint) ship two files, the registry's default_weights
 (non-PQF network, --ckpt) and default_pqf_weights (PQF network, --pqf-ckpt; without it only the
@@ -89,11 +90,13 @@ def main(argv=None) -> int:
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
-        "selected_by": "best ΔY-PSNR on every 3rd frame of the dev HM QP37 streams (validation during training)",
+        "selected_by": "best ΔY-PSNR on "
+        + (f"the first {cfg.get('val_frames', 12)} frames" if spec.temporal == "recurrent" else "every 3rd frame")
+        + " of the dev HM QP37 streams (validation during training)",
         "best": state.get("best"),
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
                                                  "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
-                                                 "seed")},
+                                                 "seed", *(("frames",) if spec.temporal == "recurrent" else ()))},
         "data": {
             "folder": cfg["data"],
             "clips": len(clips),
@@ -152,6 +155,19 @@ def _identity(model: str, cfg: dict) -> dict:
             "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
             "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
             + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")"),
+        }
+    if model == "basicvsrpp-y":
+        from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
+
+        return {
+            "model": model,
+            "variant": "BasicVSR++ QE layout (PowerVQE basicvsr_pp_no_mirror) on Y, narrowed for CPU training: "
+            + ", ".join(f"{k}={v}" for k, v in BASICVSRPP_Y.items())
+            + f"; SpyNet whole (3-channel, Y replicated); inference in segments of {SEGMENT_LENGTH} frames, "
+            f"overlap {SEGMENT_OVERLAP}",
+            "trained_by": f"vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; clip "
+            f"segments of {cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, no official "
+            "SpyNet weights; no training-only BN, nothing folded)",
         }
     return {
         "model": model,

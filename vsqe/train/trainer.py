@@ -1,9 +1,13 @@
-"""`vsqe train`: STDF and MFQEv2-Y on the CPU with bf16 autocast + channels_last, exact resume,
-validation through the inference path.
+"""`vsqe train`: STDF, MFQEv2-Y and BasicVSR++-Y on the CPU with bf16 autocast + channels_last,
+exact resume, validation through the inference path.
 
 MFQEv2 (a PQF model) trains one of its two networks per run, chosen by `pqf_role`: "nonpqf"
 (non-PQF frames from their neighbouring PQFs) or "pqf" (PQFs from the previous and next PQF);
 samples come from vsqe/train/triplets.py.
+
+BasicVSR++-Y (a recurrent model) trains on clip segments of `frames` consecutive frames
+(vsqe/train/sequences.py), with the loss over every output frame; validation streams the dev
+clips through the Enhancer's segments.
 
 Checkpoint file format (DIR/last.pt, DIR/best.pt): 64 ASCII hex characters (sha256 of the rest)
 then a torch.save payload of plain tensors and primitives (loaded with weights_only=True). A file
@@ -70,13 +74,17 @@ class TrainConfig:
     # PQF models, validation only: the other role's weights, used for the other frame class;
     # "" = those frames stay as decoded (identity), so the figures isolate this run's network.
     partner_weights: str = ""
+    # Recurrent models (BasicVSR++): frames per training clip segment (the loss covers all of
+    # them), and how many leading frames of each dev clip the subset validation streams.
+    frames: int = 7
+    val_frames: int = 12
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
 LEGACY_CONFIG = {"batchnorm": False, "loss": "charbonnier"}
 # Options the command line may change on resume (the run's identity comes from the checkpoint).
 RESUME_OVERRIDES = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads",
-                    "partner_weights")
+                    "partner_weights", "val_frames")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -142,6 +150,18 @@ def is_pqf_model(name: str) -> bool:
     return get_model_spec(name).temporal == "pqf"
 
 
+def is_recurrent_model(name: str) -> bool:
+    from vsqe.models import get_model_spec
+
+    return get_model_spec(name).temporal == "recurrent"
+
+
+def passthrough(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input frames the output is compared with: the centre frame of a window / triplet
+    ([N, C, H, W]), or every frame of a recurrent model's segment ([N, T, C, H, W])."""
+    return x if model.radius is None else x[:, model.radius]
+
+
 def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.Module:
     _ensure_ops()
     from vsqe.models import get_model_spec
@@ -149,6 +169,9 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.M
 
     spec = get_model_spec(name)
     model = spec.build()
+    if spec.temporal == "recurrent":
+        _recurrent_for_training(model)
+        return model
     if not hasattr(model, "radius"):
         model.radius = spec.radius  # index of the frame to enhance in the input (MFQEv2: 1)
     if not hasattr(model, "ffnet"):
@@ -168,9 +191,46 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.M
     return model
 
 
+def _recurrent_for_training(model: torch.nn.Module) -> None:
+    """BasicVSR++ for training: every output frame is compared (radius None), 64-px patches are
+    allowed (16-px flow inputs), and each alignment's DCN runs as grid_sample in fp32.
+
+    No training-only BN: bn.py's rule (conv followed by an nn.ReLU module inside a Sequential)
+    matches no layer here (LeakyReLU modules; a functional ReLU inside the residual blocks), and
+    BN inside the recurrence would normalise each propagation step with the statistics of a small
+    batch of 64-128-px patches while inference runs whole frames over 40-frame segments: a
+    train/inference mismatch the fold cannot remove. The published residual blocks (init x0.1)
+    are this network's conditioning."""
+    model.radius = None
+    model.min_flow_size = 16
+    for align in model.deform_align.values():
+
+        def deform(x, offset, mask, align=align):  # training DCN: grid_sample version, fp32
+            with torch.autocast("cpu", enabled=False):
+                return deform_conv2d_gs(x.float(), offset.float(), mask.float(), align.weight, align.bias,
+                                        padding=align.padding)
+
+        align.deform = deform
+
+
+def zero_flow(spynet: torch.nn.Module) -> None:
+    """SpyNet's last conv of every pyramid level zeroed: the flow is exactly 0 at the start
+    (training starts from "no motion compensation", not from a random flow field warping the
+    references into noise) and grows from there. No official SpyNet weights are available here."""
+    for level in spynet.basic_module:
+        last = level.basic_module[-1].conv
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+
+
 def init_weights(model: torch.nn.Module) -> None:
     """He-normal convs (signal keeps its scale through the ReLU stacks), zero offsets (the fusion
     starts as a plain 7-frame conv, mask 0.5), and a small final conv (rescaled later from data)."""
+    if hasattr(model, "deform_align"):
+        # BasicVSR++: the constructor's mmagic init (residual blocks x0.1, zero offset heads:
+        # offsets start as the flow, masks at 0.5), SpyNet from zero flow.
+        zero_flow(model.spynet)
+        return
     if not hasattr(model, "ffnet"):
         init_mfqev2(model)
         return
@@ -187,22 +247,20 @@ def init_weights(model: torch.nn.Module) -> None:
 
 
 def init_mfqev2(model: torch.nn.Module) -> None:
-    """MFQEv2 from scratch: He-normal QE convs; SpyNet's last conv of every pyramid level zeroed,
-    so the flow is exactly 0 at the start (training starts from "no motion compensation", the
-    plain 3-frame fusion, not from a random flow field warping the PQFs into noise) and grows
-    from there. No official SpyNet weights are available here."""
+    """MFQEv2 from scratch: He-normal QE convs; SpyNet from zero flow (`zero_flow`: training
+    starts as the plain 3-frame fusion)."""
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Conv2d) and not name.startswith("spynet."):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             torch.nn.init.zeros_(m.bias)
-    for level in model.spynet.basic_module:
-        last = level.basic_module[-1].conv
-        torch.nn.init.zeros_(last.weight)
-        torch.nn.init.zeros_(last.bias)
+    zero_flow(model.spynet)
 
 
 def output_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
-    """The conv that produces the residual (STDF: qenet.out_conv; MFQEv2: rec_conv.5)."""
+    """The conv that produces the residual (STDF: qenet.out_conv; MFQEv2: rec_conv.5; BasicVSR++:
+    conv_last)."""
+    if hasattr(model, "conv_last"):
+        return model.conv_last
     return model.qenet.out_conv if hasattr(model, "qenet") else model.rec_conv[-1]
 
 
@@ -215,8 +273,7 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def scale_residual(model, x: torch.Tensor, target_std: float) -> float:
-    centre = x[:, model.radius]
-    res = model(x) - centre
+    res = model(x) - passthrough(model, x)
     std = float(res.std())
     if std > 0:
         output_conv(model).weight.mul_(target_std / std)
@@ -227,7 +284,8 @@ def scale_residual(model, x: torch.Tensor, target_std: float) -> float:
 @torch.no_grad()
 def health(model, x: torch.Tensor) -> dict:
     """Residual std (in 8-bit levels) and the fraction of live ReLU outputs per layer (PReLU:
-    positive outputs); MFQEv2 also the mean |flow| in pixels (does SpyNet learn motion?)."""
+    positive outputs; LeakyReLU, BasicVSR++: positive inputs); models with SpyNet also the mean
+    |flow| in pixels (does SpyNet learn motion?)."""
     live: list[float] = []
     flow: list[float] = []
     hooks = []
@@ -236,7 +294,7 @@ def health(model, x: torch.Tensor) -> dict:
         live.append(float((out > 0).float().mean()))
 
     for name, m in model.named_modules():
-        if isinstance(m, (torch.nn.ReLU, torch.nn.PReLU)):
+        if isinstance(m, (torch.nn.ReLU, torch.nn.PReLU, torch.nn.LeakyReLU)):
             hooks.append(m.register_forward_hook(hook))
     if hasattr(model, "spynet"):
         hooks.append(model.spynet.register_forward_hook(lambda mod, inp, out: flow.append(float(out.abs().mean()))))
@@ -245,7 +303,7 @@ def health(model, x: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    res = out - x[:, model.radius]
+    res = out - passthrough(model, x)
     return {
         "res_std": float(res.std()) * 255,
         "live_min": min(live) if live else 1.0,
@@ -314,7 +372,18 @@ class Trainer:
         if state is not None and clips_file.is_file() and not refresh_data:
             clip_ids = json.loads(clips_file.read_text())
         self.pqf_model = is_pqf_model(cfg.model)
-        if self.pqf_model:
+        self.recurrent = is_recurrent_model(cfg.model)
+        if self.recurrent and cfg.batchnorm and state is None:
+            # Not applicable (see _recurrent_for_training); the run's config says what it did.
+            cfg.batchnorm = False
+        if self.recurrent:
+            from vsqe.train.sequences import SegmentSampler
+
+            self.sampler = SegmentSampler(
+                cfg.data, frames=cfg.frames, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed,
+                clip_ids=clip_ids,
+            )
+        elif self.pqf_model:
             from vsqe.train.triplets import TripletSampler
 
             self.sampler = TripletSampler(
@@ -426,7 +495,7 @@ class Trainer:
         self.iteration += 1
         with torch.no_grad():
             mse_out = float(F.mse_loss(out.float().clamp(0, 1), y))
-            mse_in = float(F.mse_loss(x[:, self.radius], y))
+            mse_in = float(F.mse_loss(passthrough(self.model, x), y))
         return {"loss": float(loss.detach()), "lr": lr, "gnorm": gnorm, "mse_in": mse_in, "mse_out": mse_out, "x": x}
 
     # -- validation through the inference path
@@ -442,6 +511,13 @@ class Trainer:
         t0 = time.time()
         if self.pqf_model:
             res = self._validate_pqf(str(tmp), full)
+        elif self.recurrent:
+            from vsqe.train.validate import evaluate_recurrent
+
+            # Recurrent: every frame of a clip depends on the whole segment, so the subset streams
+            # the first val_frames frames of each clip (measuring all of them), the full pass all.
+            enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
+            res = evaluate_recurrent(enh, clips=tuple(self.cfg.val_clips), max_frames=None if full else self.cfg.val_frames)
         else:
             enh = Enhancer(model=self.cfg.model, weights=str(tmp), backend="torch-fp32", threads=self.cfg.threads)
             res = evaluate(enh, clips=tuple(self.cfg.val_clips), frame_step=1 if full else self.cfg.val_step)
@@ -545,7 +621,7 @@ class Trainer:
                 if do_full or (cfg.val_every > 0 and self.iteration % cfg.val_every == 0):
                     s = self.validate(full=do_full)
                     self._log_val(s)
-                    tag = "full" if do_full else f"every {cfg.val_step}rd frame"
+                    tag = "full" if do_full else (f"first {cfg.val_frames} frames" if self.recurrent else f"every {cfg.val_step}rd frame")
                     self.log(f"val it {self.iteration} ({tag}, {s['seconds']}s): dY-PSNR {s['delta_mean']:+.4f} dB "
                              f"{s['per_clip']} worst class {s['worst_class']:+.4f} worst frame {s['worst_frame']:+.4f}"
                              + (f" PQF {_db(s['pqf_class']['pqf'])} non-PQF {_db(s['pqf_class']['nonpqf'])}" if "pqf_class" in s else ""))
@@ -598,7 +674,8 @@ def plot_curves(out: Path) -> None:
             x = [int(v["iteration"]) for v in vv]
             ax[2].plot(x, [float(v["delta_mean"]) for v in vv], mk, label=f"mean ({kind})")
             for c in ("city", "phone", "birds"):
-                ax[2].plot(x, [float(v[c]) for v in vv], mk, lw=0.6, ms=2, alpha=0.6, label=f"{c} ({kind})")
+                if all(v[c] for v in vv):  # a run validating on fewer clips leaves the others empty
+                    ax[2].plot(x, [float(v[c]) for v in vv], mk, lw=0.6, ms=2, alpha=0.6, label=f"{c} ({kind})")
     ax[2].axhline(0, color="k", lw=0.5)
     ax[2].axhline(0.4, color="g", lw=0.5, ls=":")
     ax[2].set_title("dev HM QP37: dY-PSNR (dB)")

@@ -9,6 +9,9 @@ PQF models (MFQEv2) go through `evaluate_pqf`: PQF flags from the stream's slice
 the look-ahead as `vsqe run` finds them (pqf_schedule.qp_flags, default_lookahead), references by
 the scheduler's `triplet_for` (what `schedule` pairs), each frame by
 `Enhancer.enhance_pqf_triplet` (PQF network on PQFs, non-PQF network on the others).
+
+Recurrent models (BasicVSR++) go through `evaluate_recurrent`: each clip streamed through
+`Enhancer.enhance_stream`, i.e. the segments (length, overlap) that `vsqe run` uses.
 """
 from __future__ import annotations
 
@@ -147,6 +150,34 @@ def evaluate(
             window = [dec[i] for i in window_indices(n, enhancer.radius, n_frames, enhancer.spec.border)]
             out = enhancer.enhance_window(window)
             depth = dec[n].fmt.bit_depth
+            p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
+            p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
+        results.append(ClipResult(clip, stream, idx, p_in, p_out))
+    return results
+
+
+def evaluate_recurrent(
+    enhancer,
+    clips: tuple[str, ...] = DEV_CLIPS,
+    stream: str = "hm",
+    frame_step: int = 1,
+    dev_dir: Path = DEV_DIR,
+    max_frames: int | None = None,
+) -> list[ClipResult]:
+    """ΔY-PSNR of a recurrent-model `enhancer` (BasicVSR++): the first `max_frames` frames of each
+    clip (all when None) streamed through `Enhancer.enhance_stream`, the segments of `vsqe run`;
+    frames 0, step, 2*step, ... of that stream measured."""
+    results = []
+    for clip in clips:
+        ref, dec = _decoded(clip, stream, dev_dir)
+        dec = dec[:max_frames] if max_frames else dec
+        wanted = set(range(0, len(dec), frame_step))
+        idx, p_in, p_out = [], [], []
+        for n, out in enumerate(enhancer.enhance_stream(dec)):
+            if n not in wanted:
+                continue
+            depth = dec[n].fmt.bit_depth
+            idx.append(n)
             p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
             p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
         results.append(ClipResult(clip, stream, idx, p_in, p_out))
