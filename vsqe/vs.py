@@ -201,10 +201,13 @@ def _pqf_flags(clip: vs.VideoNode, mode: str, source: str | None) -> tuple[list[
 
 
 def _frame_score(frame: vs.VideoFrame) -> float:
-    """The estimator on the frame's luma: BT.601 Y of the RGB samples, put on the limited-range
-    scale that `vsqe run` scores (its decoded Y plane / peak), so flags agree up to rounding."""
+    """The estimator on the frame's luma, on the scale `vsqe run` scores (its decoded Y plane /
+    peak): a YUV/GRAY frame's own Y plane; for RGB, BT.601 Y of the samples put on the
+    limited-range scale, so flags agree up to rounding."""
     from vsqe.pqf.estimator import frame_score
 
+    if frame.format.color_family != vs.RGB:
+        return frame_score(np.asarray(frame[0], dtype=np.float64) / ((1 << frame.format.bits_per_sample) - 1))
     r, g, b = (np.asarray(frame[p], dtype=np.float64) for p in range(3))
     y = 0.299 * r + 0.587 * g + 0.114 * b
     return frame_score((16.0 + 219.0 * np.clip(y, 0.0, 1.0)) / 255.0)
@@ -226,6 +229,20 @@ def _enhance_pqf(clip: vs.VideoNode, enhancer: Enhancer, mode: str, source: str 
     pqfs = [n for n, f in enumerate(flags) if f]
     log.info("vsqe: PQFs from %s: %s, look-ahead %d", where, pqfs, lookahead)
 
+    if enhancer.spec.color == "y":  # luma through the network (vsqe run's YUV path), chroma kept
+        pix = _pixel_format(clip.format)
+
+        def enhance_luma(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+            left, right = refs[n]
+            centre = _as_video_frame(f, pix, n)
+            ref = lambda i: centre if i == n else _as_video_frame(clip.get_frame(i), pix, i)  # noqa: E731
+            result = enhancer.enhance_pqf_triplet(ref(left), centre, ref(right), flags[n])
+            out = f.copy()
+            np.copyto(np.asarray(out[0]), result.planes[0])
+            return out
+
+        return clip.std.ModifyFrame(clips=clip, selector=enhance_luma)
+
     def enhance_frame(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
         left, right = refs[n]
         centre = _rgb_tensor(f)
@@ -244,8 +261,21 @@ def _enhance_pqf(clip: vs.VideoNode, enhancer: Enhancer, mode: str, source: str 
 
 
 def _enhance_recurrent(clip: vs.VideoNode, enhancer: Enhancer) -> vs.VideoNode:
-    """RGBS/RGBH through the enhancer's segment cache (the same segments as `vsqe run`)."""
+    """Through the enhancer's segment cache (the same segments as `vsqe run`): RGBS/RGBH clips as
+    tensors; Y models take the YUV/GRAY clip's luma, chroma kept."""
     scale = enhancer.spec.scale
+    if enhancer.spec.color == "y":
+        if scale != 1:  # chroma would need resampling too; no such model is registered
+            raise vs.Error(f"vsqe: model {enhancer.spec.name!r}: Y models that change the size are not supported")
+        pix = _pixel_format(clip.format)
+        frames = enhancer.random_access(lambda i: _as_video_frame(clip.get_frame(i), pix, i), clip.num_frames)
+
+        def enhance_luma(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+            out = f.copy()
+            np.copyto(np.asarray(out[0]), frames.get(n).planes[0])
+            return out
+
+        return clip.std.ModifyFrame(clips=clip, selector=enhance_luma)
 
     def get_tensor(i: int) -> torch.Tensor:
         frame = clip.get_frame(i)
