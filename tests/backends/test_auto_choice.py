@@ -13,7 +13,7 @@ from vsqe.backends.choice import Capabilities, choose, estimated_rss_mb, tile_fo
 
 CIF = 416 * 240
 WVGA = 832 * 480
-HD = 1920 * 1088  # 1080p padded to STDF's multiple of 8
+HD = 1920 * 1088  # 1080p (and the old fixed untiled limit)
 UHD = 3840 * 2160
 FULL = Capabilities(bf16=True, openvino=True, model="stdf")
 
