@@ -40,8 +40,8 @@ MEASURED_FPS: dict[str, tuple[tuple[int, str, dict[str, float]], ...]] = {
     # Same network with 3 input/output channels instead of 1: the dense middle dominates its cost.
     "stdf-rgb": _STDF_FPS,
 }
-# Models whose bf16 paths were checked against fp32's ΔPSNR on the dev clips (all within 0.002 dB,
-# bound 0.02; docs/benchmarks.md "accuracy of the fast paths").
+# Models whose bf16 paths were checked against fp32's ΔPSNR on the dev clips (within 0.003 dB with
+# the iteration-3,500 and -6,250 stdf weights, bound 0.02; docs/benchmarks.md, sessions 2 and 3).
 BF16_CHECKED = frozenset({"stdf", "stdf-rgb"})
 
 # Peak RSS (MB) of `vsqe run` (HEVC decode, STDF-Y, x265 encode to .mkv) against the pixels of one
