@@ -94,6 +94,24 @@ class PatchSampler:
             self._arrays[path] = a
         return a
 
+    # The draws every sampler makes, in this order: clip, encode, (its own frame draw), origin.
+    # Shared so that the clip/codec weighting and the 8x8 grid phase are one rule; the order of
+    # RNG calls is part of exact resume and of tests/train's recorded sample-stream digest.
+    def _draw_encode(self) -> tuple[dict, np.ndarray, int, np.ndarray]:
+        """A clip (weighted by its pixels) and one of its encodes (weighted by codec): (clip, raw
+        frames, encode index, decoded frames)."""
+        rng = self.rng
+        clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_p))]
+        k = int(rng.choice(len(clip["encodes"]), p=clip["enc_w"] / clip["enc_w"].sum()))
+        return clip, self._arr(clip["raw"]), k, self._arr(clip["encodes"][k])
+
+    def _draw_origin(self, h: int, w: int) -> tuple[int, int]:
+        """A patch origin on the 8x8 grid (the codec's block grid keeps its phase)."""
+        p = self.patch
+        y0 = int(self.rng.integers((h - p) // 8 + 1)) * 8
+        x0 = int(self.rng.integers((w - p) // 8 + 1)) * 8
+        return y0, x0
+
     # --- exact resume -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         # JSON-able: torch.load(weights_only=True) accepts it.
@@ -109,14 +127,10 @@ class PatchSampler:
         rng = self.rng
         p = self.patch
         for _ in range(20):
-            clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_p))]
-            raw = self._arr(clip["raw"])
-            k = int(rng.choice(len(clip["encodes"]), p=clip["enc_w"] / clip["enc_w"].sum()))
-            enc = self._arr(clip["encodes"][k])
+            clip, raw, k, enc = self._draw_encode()
             t_len, h, w = raw.shape
             t = int(rng.integers(t_len))
-            y0 = int(rng.integers((h - p) // 8 + 1)) * 8
-            x0 = int(rng.integers((w - p) // 8 + 1)) * 8
+            y0, x0 = self._draw_origin(h, w)
             target = np.asarray(raw[t, y0 : y0 + p, x0 : x0 + p])
             centre = np.asarray(enc[t, y0 : y0 + p, x0 : x0 + p])
             if self._keep(target, centre):

@@ -38,14 +38,10 @@ class SegmentSampler(PatchSampler):
         rng = self.rng
         p, n = self.patch, self.frames
         for _ in range(20):
-            clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_p))]
-            raw = self._arr(clip["raw"])
-            k = int(rng.choice(len(clip["encodes"]), p=clip["enc_w"] / clip["enc_w"].sum()))
-            enc = self._arr(clip["encodes"][k])
+            clip, raw, k, enc = self._draw_encode()
             t_len, h, w = raw.shape
             t0 = int(rng.integers(t_len - n + 1))
-            y0 = int(rng.integers((h - p) // 8 + 1)) * 8
-            x0 = int(rng.integers((w - p) // 8 + 1)) * 8
+            y0, x0 = self._draw_origin(h, w)
             mid = t0 + n // 2
             if self._keep(np.asarray(raw[mid, y0 : y0 + p, x0 : x0 + p]), np.asarray(enc[mid, y0 : y0 + p, x0 : x0 + p])):
                 break

@@ -67,15 +67,11 @@ class TripletSampler(PatchSampler):
         rng = self.rng
         p = self.patch
         for _ in range(20):
-            clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_p))]
-            raw = self._arr(clip["raw"])
-            k = int(rng.choice(len(clip["encodes"]), p=clip["enc_w"] / clip["enc_w"].sum()))
-            enc = self._arr(clip["encodes"][k])
+            clip, raw, k, enc = self._draw_encode()
             _, h, w = raw.shape
             frames = clip["enc_frames"][k]
             t = frames[int(rng.integers(len(frames)))]
-            y0 = int(rng.integers((h - p) // 8 + 1)) * 8
-            x0 = int(rng.integers((w - p) // 8 + 1)) * 8
+            y0, x0 = self._draw_origin(h, w)
             target = np.asarray(raw[t, y0 : y0 + p, x0 : x0 + p])
             if self._keep(target, np.asarray(enc[t, y0 : y0 + p, x0 : x0 + p])):
                 break
