@@ -137,7 +137,12 @@ class PatchSampler:
                 break
         idx = window_indices(t, self.radius, t_len, "replicate")
         window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in idx])
-        # augmentation: temporal reversal, flips, transpose (all keep the 8x8 grid phase)
+        return self._augment(window, target)
+
+    def _augment(self, window: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Temporal reversal of `window` [T, P, P] (for a triplet: left <-> right), flips and
+        transpose of window and 2-D target alike; all keep the 8x8 grid phase."""
+        rng = self.rng
         if rng.random() < 0.5:
             window = window[::-1]
         if rng.random() < 0.5:

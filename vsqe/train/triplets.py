@@ -77,14 +77,5 @@ class TripletSampler(PatchSampler):
                 break
         left, right = clip["enc_refs"][k][t]
         window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in (left, t, right)])
-        # augmentation: temporal reversal (left <-> right), flips, transpose (keep the 8x8 grid)
-        if rng.random() < 0.5:
-            window = window[::-1]
-        if rng.random() < 0.5:
-            window, target = window[:, :, ::-1], target[:, ::-1]
-        if rng.random() < 0.5:
-            window, target = window[:, ::-1, :], target[::-1, :]
-        if rng.random() < 0.5:
-            window, target = window.transpose(0, 2, 1), target.T
         self.last = (clip["id"], k, t, left, right)  # for tests and debugging
-        return np.ascontiguousarray(window), np.ascontiguousarray(target)
+        return self._augment(window, target)
