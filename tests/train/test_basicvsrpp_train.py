@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 # STDF's PatchSampler stream on the tiny data (patch 32, seed 5, 16 samples), recorded before the
 # segment sampler existed; keyed on the tiny data's own bytes (another x265 build encodes other
@@ -94,47 +93,27 @@ def test_segment_sampler_pairs_and_resumes_exactly(tiny_data):
         _sampler(data, frames=9)  # the tiny clip has 8
 
 
-def _cfg(data, out, iters, **kw):
-    from vsqe.train.trainer import TrainConfig
-
-    base = dict(model="basicvsrpp-y", iters=iters, batch=1, patch=64, frames=4, warmup=2, threads=1, val_every=0,
-                val_full_every=0, log_every=1, stats_every=2, codec_weights={"x265-ldp": 1.0})
-    return TrainConfig(data=str(data), out=str(out), **{**base, **kw})
+@pytest.fixture
+def scaffold(train_scaffold):
+    return train_scaffold(model="basicvsrpp-y", batch=1, patch=64, frames=4)
 
 
-def _train(data, out, iters, resume=False, **kw):
-    from vsqe.train.trainer import Trainer
-
-    t = Trainer(_cfg(data, out, iters, **kw), resume=resume, log=lambda m: None)
-    t.run()
-    return t
-
-
-def test_train_resume_validate_export_and_run(tiny_data, tmp_path, shared_file, monkeypatch):
+def test_train_resume_validate_export_and_run(scaffold, tmp_path, shared_file, monkeypatch):
     from vsqe.cli import main
     from vsqe.models import build_model, registry
-    from vsqe.train.export import export_checkpoint
 
-    data, _ = tiny_data
-    # validation at iteration 3: the first 3 frames of city through the Enhancer's segments
-    full = _train(data, tmp_path / "a", 3, val_every=3, val_clips=("city_416x240",), val_frames=3)
+    # validation at iteration 3 (uninterrupted run only): the first 3 frames of city through the
+    # Enhancer's segments; the other run stopped after 2 iterations (its last checkpoint)
+    full, resumed = scaffold.train_and_resume(3, val_every=3, val_clips=("city_416x240",), val_frames=3)
     assert not full.cfg.batchnorm  # not applicable to the recurrent model (trainer.py says why)
-    val = json.loads((tmp_path / "a" / "val.jsonl").read_text().splitlines()[-1])
+    val = json.loads((Path(full.cfg.out) / "val.jsonl").read_text().splitlines()[-1])
     assert val["iteration"] == 3 and set(val["per_clip"]) == {"city_416x240"}
     assert val["psnr_in"]["city_416x240"] > 20 and "worst_frame" in val
-    _train(data, tmp_path / "b", 2)  # stopped after 2 iterations (its last checkpoint)
-    resumed = _train(data, tmp_path / "b", 3, resume=True)
-    assert resumed.iteration == 3 and isinstance(resumed.sampler, type(full.sampler))
-    sa, sb = full.model.state_dict(), resumed.model.state_dict()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    oa, ob = full.opt.state_dict()["state"], resumed.opt.state_dict()["state"]
-    for k in oa:
-        assert torch.equal(oa[k]["exp_avg"], ob[k]["exp_avg"])
-    assert full.sampler.state_dict() == resumed.sampler.state_dict()
+    assert isinstance(resumed.sampler, type(full.sampler))
+    scaffold.assert_resumed_exactly(full, resumed, 3)
+    run_dir = Path(resumed.cfg.out)
 
-    out = tmp_path / "basicvsrpp_y.safetensors"
-    export_checkpoint(tmp_path / "b" / "last.pt", out)
+    out = scaffold.export(resumed, tmp_path / "basicvsrpp_y.safetensors")
     model, spec, _ = build_model("basicvsrpp-y", str(out))
     assert spec.color == "y" and spec.temporal == "recurrent" and model.conv_last.weight.shape[0] == 1
     # the file under the registry's default name is what a plain `--model basicvsrpp-y` loads
@@ -164,7 +143,7 @@ def test_train_resume_validate_export_and_run(tiny_data, tmp_path, shared_file, 
         return {"backend": "torch-fp32", "streams": {"hm": {"delta_mean": 0.1, "per_clip": {"city_416x240": 0.1}}}}
 
     monkeypatch.setattr(ship, "report", fake_report)
-    assert ship.main(["--ckpt", str(tmp_path / "b" / "last.pt"), "--run", str(tmp_path / "b"), "--streams", "hm"]) == 0
+    assert ship.main(["--ckpt", str(run_dir / "last.pt"), "--run", str(run_dir), "--streams", "hm"]) == 0
     card = json.loads((weights_dir / "basicvsrpp_y_qp37.json").read_text())
     assert card["model"] == "basicvsrpp-y" and "mid_channels=32" in card["variant"]
     assert card["hyper_parameters"]["frames"] == 4

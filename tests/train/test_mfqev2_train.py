@@ -91,49 +91,30 @@ def test_sampler_is_deterministic_and_resumes_exactly(tiny_data):
     assert x.shape == (2, 3, 1, 32, 32) and y.shape == (2, 1, 32, 32)
 
 
-def _cfg(data, out, iters, **kw):
-    from vsqe.train.trainer import TrainConfig
-
-    return TrainConfig(data=str(data), out=str(out), model="mfqev2-y", iters=iters, batch=2, patch=32, warmup=2,
-                       threads=1, val_every=0, val_full_every=0, log_every=1, stats_every=2,
-                       codec_weights={"x265-ldp": 1.0}, **kw)
+@pytest.fixture
+def scaffold(train_scaffold):
+    return train_scaffold(model="mfqev2-y", batch=2, patch=32)
 
 
-def _train(data, out, iters, resume=False, **kw):
-    from vsqe.train.trainer import Trainer
-
-    t = Trainer(_cfg(data, out, iters, **kw), resume=resume, log=lambda m: None)
-    t.run()
-    return t
-
-
-def test_train_resume_export_and_run(tiny_data, tmp_path, shared_file, monkeypatch):
+def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatch):
     from vsqe.cli import main
     from vsqe.models import build_model
-    from vsqe.train.export import export_checkpoint
 
-    data, _ = tiny_data
-    full = _train(data, tmp_path / "a", 3)
-    _train(data, tmp_path / "b", 2)  # stopped after 2 iterations (its last checkpoint)
-    resumed = _train(data, tmp_path / "b", 3, resume=True)
-    assert resumed.iteration == full.iteration == 3
+    full, resumed = scaffold.train_and_resume(3)  # the second run stopped after 2 iterations (its last checkpoint)
+    scaffold.assert_resumed_exactly(full, resumed, 3)
     assert isinstance(resumed.sampler, type(full.sampler)) and resumed.sampler.role == "nonpqf"
-    sa, sb = full.model.state_dict(), resumed.model.state_dict()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert full.sampler.state_dict() == resumed.sampler.state_dict()
-    assert (tmp_path / "b" / "train.csv").read_text().count("\n") >= 4
+    run_dir = Path(resumed.cfg.out)
+    assert (run_dir / "train.csv").read_text().count("\n") >= 4
 
-    out = tmp_path / "nonpqf.safetensors"
-    export_checkpoint(tmp_path / "b" / "last.pt", out)
+    out = scaffold.export(resumed, tmp_path / "nonpqf.safetensors")
     model, spec, _ = build_model("mfqev2-y", str(out))
     assert spec.color == "y" and model.rec_conv[5].weight.shape == (1, 32, 3, 3)
 
     # the PQF network starts from the non-PQF export (PowerVQE's recipe)
-    pqf_run = _train(data, tmp_path / "p", 1, pqf_role="pqf", init_from=str(out))
+    pqf_run = scaffold.train("p", 1, pqf_role="pqf", init_from=str(out))
     assert pqf_run.sampler.role == "pqf"
-    pqf_out = tmp_path / "pqf.safetensors"
-    export_checkpoint(tmp_path / "p" / "last.pt", pqf_out)
+    pqf_dir = Path(pqf_run.cfg.out)
+    pqf_out = scaffold.export(pqf_run, tmp_path / "pqf.safetensors")
 
     # shipping: both files under the registry's default names, one card (measurement stubbed: the
     # real one runs every dev frame)
@@ -149,15 +130,15 @@ def test_train_resume_export_and_run(tiny_data, tmp_path, shared_file, monkeypat
         return {"backend": "torch-fp32", "streams": {"hm": {"delta_mean": 0.1, "per_clip": {"city_416x240": 0.1}}}}
 
     monkeypatch.setattr(ship, "report", fake_report)
-    assert ship.main(["--ckpt", str(tmp_path / "b" / "last.pt"), "--run", str(tmp_path / "b"),
-                      "--pqf-ckpt", str(tmp_path / "p" / "last.pt"), "--streams", "hm"]) == 0
+    assert ship.main(["--ckpt", str(run_dir / "last.pt"), "--run", str(run_dir),
+                      "--pqf-ckpt", str(pqf_dir / "last.pt"), "--streams", "hm"]) == 0
     assert calls == [("mfqev2-y", "mfqev2_y_qp37.candidate.safetensors", "mfqev2_y_pqf_qp37.candidate.safetensors")]
     card = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())
     assert card["model"] == "mfqev2-y" and card["pqf_network"]["weights"] == "mfqev2_y_pqf_qp37.safetensors"
     assert "--pqf-weights vsqe/weights/mfqev2_y_pqf_qp37.safetensors" in card["evaluation"]["command"]
     assert (weights_dir / "mfqev2_y_pqf_qp37.safetensors").is_file()
     # the roles cannot be swapped
-    assert ship.main(["--ckpt", str(tmp_path / "p" / "last.pt"), "--run", str(tmp_path / "p")]) == 2
+    assert ship.main(["--ckpt", str(pqf_dir / "last.pt"), "--run", str(pqf_dir)]) == 2
 
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")

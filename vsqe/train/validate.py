@@ -15,8 +15,7 @@ Recurrent models (BasicVSR++) go through `evaluate_recurrent`: each clip streame
 """
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +131,27 @@ def _decoded(clip: str, stream: str, dev_dir: Path) -> tuple[np.ndarray, list[Vi
     return _cache[key]
 
 
+def _score(
+    clip: str,
+    stream: str,
+    ref: np.ndarray,
+    dec: list[VideoFrame],
+    enhanced: Iterable[tuple[int, VideoFrame | None]],
+    pqf: list[bool] | None = None,
+) -> ClipResult:
+    """Y-PSNR of decoded and enhanced frame n against reference frame n, for each (n, enhanced)
+    of `enhanced` in its order (None: the frame is left as decoded, so its gain is exactly 0).
+
+    `enhanced` is consumed lazily, one frame at a time, so a stream is never held whole."""
+    idx, p_in, p_out = [], [], []
+    for n, out in enhanced:
+        depth = dec[n].fmt.bit_depth
+        idx.append(n)
+        p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
+        p_out.append(p_in[-1] if out is None else psnr(ref[n], to_8bit(out.planes[0], depth), 255))
+    return ClipResult(clip, stream, idx, p_in, p_out, pqf)
+
+
 def evaluate(
     enhancer,
     clips: tuple[str, ...] = DEV_CLIPS,
@@ -144,15 +164,9 @@ def evaluate(
     for clip in clips:
         ref, dec = _decoded(clip, stream, dev_dir)
         n_frames = len(dec)
-        idx = list(range(0, n_frames, frame_step))
-        p_in, p_out = [], []
-        for n in idx:
-            window = [dec[i] for i in window_indices(n, enhancer.radius, n_frames, enhancer.spec.border)]
-            out = enhancer.enhance_window(window)
-            depth = dec[n].fmt.bit_depth
-            p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
-            p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
-        results.append(ClipResult(clip, stream, idx, p_in, p_out))
+        windows = ((n, window_indices(n, enhancer.radius, n_frames, enhancer.spec.border)) for n in range(0, n_frames, frame_step))
+        enhanced = ((n, enhancer.enhance_window([dec[i] for i in w])) for n, w in windows)
+        results.append(_score(clip, stream, ref, dec, enhanced))
     return results
 
 
@@ -172,15 +186,9 @@ def evaluate_recurrent(
         ref, dec = _decoded(clip, stream, dev_dir)
         dec = dec[:max_frames] if max_frames else dec
         wanted = set(range(0, len(dec), frame_step))
-        idx, p_in, p_out = [], [], []
-        for n, out in enumerate(enhancer.enhance_stream(dec)):
-            if n not in wanted:
-                continue
-            depth = dec[n].fmt.bit_depth
-            idx.append(n)
-            p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
-            p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
-        results.append(ClipResult(clip, stream, idx, p_in, p_out))
+        # every frame goes through the stream (the recurrence needs them all); only `wanted` are scored
+        enhanced = ((n, out) for n, out in enumerate(enhancer.enhance_stream(dec)) if n in wanted)
+        results.append(_score(clip, stream, ref, dec, enhanced))
     return results
 
 
@@ -213,17 +221,15 @@ def evaluate_pqf(
         if all_of is not None:
             wanted |= {n for n, f in enumerate(flags) if f == (all_of == "pqf")}
         idx = sorted(wanted)
-        p_in, p_out = [], []
-        for n in idx:
-            depth = dec[n].fmt.bit_depth
-            p_in.append(psnr(ref[n], to_8bit(dec[n].planes[0], depth), 255))
+
+        def enhanced_frame(n: int) -> VideoFrame | None:
             if ("pqf" if flags[n] else "nonpqf") not in enhance:
-                p_out.append(p_in[-1])
-                continue
+                return None  # the other run's class: left as decoded
             left, right = triplet_for(n, flags, lookahead)
-            out = enhancer.enhance_pqf_triplet(dec[left], dec[n], dec[right], flags[n])
-            p_out.append(psnr(ref[n], to_8bit(out.planes[0], depth), 255))
-        results.append(ClipResult(clip, stream, idx, p_in, p_out, [flags[n] for n in idx]))
+            return enhancer.enhance_pqf_triplet(dec[left], dec[n], dec[right], flags[n])
+
+        enhanced = ((n, enhanced_frame(n)) for n in idx)
+        results.append(_score(clip, stream, ref, dec, enhanced, [flags[n] for n in idx]))
     return results
 
 
