@@ -31,6 +31,23 @@ PYBIND11_MODULE(_dcn_cpu, m) {
       "Fused forward (AVX-512): out [N, Cout, Ho, Wo] from fp32 weight [Cout, C/groups*K] and "
       "fp32 bias (address 0 = none).");
 
+  m.def(
+      "forward_om",
+      [](int input_dtype, uintptr_t input, int om_dtype, uintptr_t om, int om_channels, uintptr_t weight,
+         uintptr_t bias, uintptr_t out, bool out_nhwc, const std::vector<int64_t>& shape, int cout,
+         int groups, int block_px, int nthreads) {
+        const Shape s = shape_from(shape);
+        const DType di = dtype_from(input_dtype), dom = dtype_from(om_dtype);
+        py::gil_scoped_release nogil;
+        cpu::forward_om(di, ptr(input), dom, ptr(om), om_channels, ptr<const float>(weight),
+                        ptr<const float>(bias), ptr(out), out_nhwc, s, cout, groups, block_px, nthreads);
+      },
+      py::arg("input_dtype"), py::arg("input"), py::arg("om_dtype"), py::arg("om"), py::arg("om_channels"),
+      py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("out_nhwc"), py::arg("shape"),
+      py::arg("cout"), py::arg("groups"), py::arg("block_px") = 0, py::arg("nthreads") = 1,
+      "Fused forward (AVX-512) with offsets and mask logits in one NHWC buffer om [N, Ho, Wo, "
+      "om_channels]; out NCHW or, with out_nhwc, NHWC.");
+
   def_im2col(
       m,
       [](const Im2colArgs& a, int n, int64_t p0, int64_t p1, int nthreads, bool simd) {

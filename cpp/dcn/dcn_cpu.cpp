@@ -258,8 +258,33 @@ void pack_weight(const float* weight, const float* bias, int cout, int groups, i
   pw = PackedWeight{wbuf.data(), bbuf.data(), cout, groups, ckg, tiles, false};
 }
 
+// The transposed copy for NHWC outputs: weight [groups][ckg][ctp], bias [groups][ctp], each
+// group's output channels zero-padded to ctp = a multiple of 16.
+void pack_weight_nhwc(const float* weight, const float* bias, int cout, int groups, int ckg,
+                      std::vector<float>& wtbuf, std::vector<float>& btbuf, PackedWeight& pw) {
+  const int coutg = cout / groups, ctp = (coutg + 15) / 16 * 16;
+  wtbuf.assign(size_t(groups) * ckg * ctp, 0.f);
+  btbuf.assign(size_t(groups) * ctp, 0.f);
+  for (int gi = 0; gi < groups; ++gi)
+    for (int co = 0; co < coutg; ++co) {
+      const int row = gi * coutg + co;
+      for (int k = 0; k < ckg; ++k) wtbuf[(size_t(gi) * ckg + k) * ctp + co] = weight[size_t(row) * ckg + k];
+      if (bias) btbuf[size_t(gi) * ctp + co] = bias[row];
+    }
+  pw.wt = wtbuf.data();
+  pw.bt = btbuf.data();
+  pw.ctp = ctp;
+}
+
 // Per-thread column buffer of the fused forward (kept between calls: no page faults per block).
 float* scratch(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Per-thread buffer of a block's transposed offsets and masks (forward_om).
+float* om_scratch(size_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
@@ -324,6 +349,48 @@ void forward(DType input_dtype, const void* input, DType offset_dtype, const voi
 #else
   (void)input_dtype, (void)input, (void)offset_dtype, (void)offset, (void)mask, (void)weight;
   (void)bias, (void)out, (void)block_px, (void)nthreads;
+  throw std::runtime_error("dcn: the fused CPU forward was not built for this CPU");
+#endif
+}
+
+void forward_om(DType input_dtype, const void* input, DType om_dtype, const void* om, int om_channels,
+                const float* weight, const float* bias, void* out, bool out_nhwc, const Shape& s,
+                int cout, int groups, int block_px, int nthreads) {
+  check(s);
+  if (groups <= 0 || cout <= 0 || s.C % groups != 0 || cout % groups != 0)
+    throw std::invalid_argument("dcn: invalid groups / output channels");
+  const int64_t GK = int64_t(s.G) * s.K();
+  if (om_channels < 3 * GK) throw std::invalid_argument("dcn: offset+mask tensor has fewer than 3*G*K channels");
+  const bool dtypes_ok = (input_dtype == DType::f32 || input_dtype == DType::bf16) &&
+                         (om_dtype == DType::f32 || om_dtype == DType::bf16);
+  if (!dtypes_ok) unsupported("forward_om");
+#if defined(VSQE_HAVE_AVX512_TU)
+  if (!has_avx512() || int64_t(s.H) * s.W < 2 || int64_t(s.Ho) * s.Wo < 2)
+    throw std::runtime_error("dcn: the fused CPU forward needs AVX-512 (use im2col + GEMM)");
+  const int ck = s.C * s.K(), ckg = ck / groups;
+  std::vector<float> wbuf, bbuf, wtbuf, btbuf;
+  PackedWeight pw;
+  pack_weight(weight, bias, cout, groups, ckg, wbuf, bbuf, pw);
+  if (out_nhwc) pack_weight_nhwc(weight, bias, cout, groups, ckg, wtbuf, btbuf, pw);
+  const int64_t P = int64_t(s.Ho) * s.Wo;
+  pw.stream_out = !out_nhwc && int64_t(s.N) * cout * P * 4 > (int64_t(16) << 20);
+  // ~256 KiB of fp32 columns and transposed offsets/masks together: both stay in L2.
+  int64_t bpx = block_px > 0 ? block_px : (256 * 1024 / 4) / (ck + 3 * GK);
+  bpx = std::max<int64_t>(48, bpx / 48 * 48);
+  bpx = std::min<int64_t>(bpx, P);
+  const int64_t per_image = (P + bpx - 1) / bpx;
+  const int64_t tasks = per_image * s.N;
+  if (tasks > INT32_MAX) throw std::invalid_argument("dcn: too many blocks");
+  nthreads = threads_for(P * s.N * ck, nthreads);
+  parallel_for(nthreads, int(tasks), [&](int t) {
+    const int n = int(t / per_image);
+    const int64_t p0 = (t % per_image) * bpx, p1 = std::min(P, p0 + bpx);
+    forward_block_om_avx512(input_dtype, input, om_dtype, om, om_channels, pw, out, out_nhwc, s, n, p0,
+                            p1, scratch(size_t(ck) * bpx), om_scratch(size_t(3 * GK) * bpx));
+  });
+#else
+  (void)input, (void)om, (void)weight, (void)bias, (void)out, (void)out_nhwc, (void)block_px;
+  (void)nthreads;
   throw std::runtime_error("dcn: the fused CPU forward was not built for this CPU");
 #endif
 }

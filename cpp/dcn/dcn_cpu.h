@@ -34,6 +34,17 @@ void forward(DType input_dtype, const void* input, DType offset_dtype, const voi
              const void* mask, const float* weight, const float* bias, void* out,
              const Shape& s, int cout, int groups, int block_px, int nthreads);
 
+// Fused forward with offsets and modulation LOGITS in one channels-last tensor, as a conv that
+// predicts them writes it (om [N, Ho, Wo, om_channels]: offsets at channels [0, 2*G*K) in the
+// offset layout above, mask logits at [2*G*K, 3*G*K), mask = sigmoid(logit); further channels
+// are ignored). Saves the NHWC->NCHW reorders and the separate sigmoid pass of the unfused
+// path. out: [N, Cout, Ho, Wo], or [N, Ho, Wo, Cout] with out_nhwc. input/out: f32 or bf16
+// (the same); om: f32 or bf16. Same sampling and accumulation as forward(); the sigmoid is a
+// vector e^x within about 2 ulp of libm's.
+void forward_om(DType input_dtype, const void* input, DType om_dtype, const void* om, int om_channels,
+                const float* weight, const float* bias, void* out, bool out_nhwc, const Shape& s,
+                int cout, int groups, int block_px, int nthreads);
+
 // cols[c*K + k, p - p0] = mask * bilinear(input[n, c], y, x)  for p in [p0, p1).
 // (input, offset) dtypes: (f32, f32), (bf16, bf16), (bf16, f32), (f64, f64).
 // `mask` has the offset's dtype; `cols` has the input's dtype.

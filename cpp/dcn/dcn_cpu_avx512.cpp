@@ -115,11 +115,15 @@ inline void gather_pair(const bf16* plane, __m512i idx, __mmask16 m, __m512& v0,
 // cols[c*K + k, p - c0] (row length L; [p0, p1) lies inside [c0, c0 + L)). The range is walked row by row in memory order,
 // so every stream (dy, dx, mask, each channel's column row) is one contiguous run the hardware
 // prefetcher can follow.
+// off_n / mask_n are image n's offset and mask planes: channel ch, pixel p at
+// [ch * cstride + p - porigin] (the dense NCHW tensors: cstride = Ho*Wo, porigin = 0; a block's
+// transposed copy in the fused offset+mask forward: cstride = block length, porigin = block start).
 template <class TI, class TO, class TC>
-void tap_pixels(const TI* input, const TO* offset, const TO* mask, TC* cols, int64_t c0,
-                int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g, int k) {
+void tap_pixels(const TI* input, const TO* off_n, const TO* mask_n, int64_t cstride, int64_t porigin,
+                TC* cols, int64_t c0, int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g,
+                int k) {
   const int K = s.kh * s.kw, cpg = s.C / s.G;
-  const int64_t HW = int64_t(s.H) * s.W, P = int64_t(s.Ho) * s.Wo;
+  const int64_t HW = int64_t(s.H) * s.W;
   const int i = k / s.kw, j = k % s.kw;
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 minus1 = _mm512_set1_ps(-1.f), one = _mm512_set1_ps(1.f);
@@ -131,8 +135,8 @@ void tap_pixels(const TI* input, const TO* offset, const TO* mask, TC* cols, int
   const __m512i sw = _mm512_set1_epi32(s.sw);
   const bool paired = s.W >= 2;  // the pair loads need rows of two or more pixels
   const __m512i bx0 = _mm512_set1_epi32(-s.pw + j * s.dw);
-  const TO* oy_k = offset + ((int64_t(n) * s.G + g) * 2 * K + 2 * k) * P;
-  const TO* mk_k = mask + ((int64_t(n) * s.G + g) * K + k) * P;
+  const TO* oy_k = off_n + (int64_t(g) * 2 * K + 2 * k) * cstride;
+  const TO* mk_k = mask_n + (int64_t(g) * K + k) * cstride;
   const TI* planes = input + (int64_t(n) * s.C + int64_t(g) * cpg) * HW;
   TC* out_gk = cols + (int64_t(g) * cpg * K + k) * L;  // channel cc of the group: + cc*K*L
 
@@ -140,9 +144,9 @@ void tap_pixels(const TI* input, const TO* offset, const TO* mask, TC* cols, int
     const int ho = int(p / s.Wo), wo_begin = int(p % s.Wo);
     const int wo_end = (p1 - p) < int64_t(s.Wo - wo_begin) ? wo_begin + int(p1 - p) : s.Wo;
     // Row pointers, indexed by wo.
-    const TO* oy = oy_k + (p - wo_begin);
-    const TO* ox = oy + P;
-    const TO* mk = mk_k + (p - wo_begin);
+    const TO* oy = oy_k + (p - porigin - wo_begin);
+    const TO* ox = oy + cstride;
+    const TO* mk = mk_k + (p - porigin - wo_begin);
     TC* out = out_gk + (p - c0 - wo_begin);
     const __m512 by = _mm512_set1_ps(float(ho * s.sh - s.ph + i * s.dh));
 
@@ -280,6 +284,14 @@ void gemm_block(const PackedWeight& w, int gi, const float* cols, int64_t L, TO*
   }
 }
 
+// tap_pixels on the dense NCHW offset [N, 2GK, Ho, Wo] and mask [N, GK, Ho, Wo] tensors.
+template <class TI, class TO, class TC>
+void tap_pixels_dense(const TI* input, const TO* offset, const TO* mask, TC* cols, int64_t c0,
+                      int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g, int k) {
+  const int64_t P = int64_t(s.Ho) * s.Wo, GK = int64_t(s.G) * s.kh * s.kw;
+  tap_pixels(input, offset + n * 2 * GK * P, mask + n * GK * P, P, 0, cols, c0, L, s, n, p0, p1, g, k);
+}
+
 template <class TI, class TO>
 void forward_block(const TI* input, const TO* offset, const TO* mask, const PackedWeight& w,
                    TI* out, const Shape& s, int n, int64_t p0, int64_t p1, float* scratch) {
@@ -287,29 +299,184 @@ void forward_block(const TI* input, const TO* offset, const TO* mask, const Pack
   const int64_t L = p1 - p0, P = int64_t(s.Ho) * s.Wo;
   for (int g = 0; g < s.G; ++g)
     for (int k = 0; k < K; ++k)
-      tap_pixels<TI, TO, float>(input, offset, mask, scratch, p0, L, s, n, p0, p1, g, k);
+      tap_pixels_dense<TI, TO, float>(input, offset, mask, scratch, p0, L, s, n, p0, p1, g, k);
   TI* out_n = out + int64_t(n) * w.cout * P + p0;
   for (int gi = 0; gi < w.groups; ++gi)
     gemm_block(w, gi, scratch + int64_t(gi) * w.ckg * L, L, out_n, P);
   if (w.stream_out) _mm_sfence();  // order the streaming stores before the task is reported done
 }
 
+// ---- the fused offset+mask forward: offsets and mask logits from one NHWC tensor -------------
+
+// e^x for 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by Cephes' expf polynomial (about 1 ulp),
+// scaled by 2^n with scalef (which also gives 0 / inf beyond the float range).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.f)), _mm512_set1_ps(100.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// Transposes r[i][c] -> r[c][i] for a 16 x 16 float tile in registers: four butterfly stages,
+// stage b swapping bit b of the row index with bit b of the column index (one two-source
+// permute per row).
+inline void transpose16x16(__m512 r[16]) {
+  for (int b = 1; b < 16; b <<= 1) {
+    alignas(64) int lo[16], hi[16];
+    for (int c = 0; c < 16; ++c) {
+      lo[c] = (c & b) ? 16 + (c - b) : c;  // row i (bit b clear): own column, or row j's c - b
+      hi[c] = (c & b) ? 16 + c : c + b;    // row j (bit b set): row i's c + b, or own column
+    }
+    const __m512i ilo = _mm512_load_si512(lo), ihi = _mm512_load_si512(hi);
+    for (int i = 0; i < 16; ++i) {
+      if (i & b) continue;
+      const __m512 a = r[i], c = r[i + b];
+      r[i] = _mm512_permutex2var_ps(a, ilo, c);
+      r[i + b] = _mm512_permutex2var_ps(a, ihi, c);
+    }
+  }
+}
+
+// Block [p0, p1) of image n's offsets and mask logits, om[(n*P + p) * C + c] (c < nOff:
+// offsets, then mask logits up to nAll), into fp32 planes t[c * L + p - p0] with the sigmoid
+// applied to the mask: the layout tap_pixels reads. Tiles of 16 pixels x 16 channels: 16
+// contiguous loads (one pixel's channels each), a register transpose, 16 stores (one channel's
+// pixels each).
+template <class TO>
+void transpose_om(const TO* om, int64_t C, int64_t nOff, int64_t nAll, float* t, const Shape& s,
+                  int n, int64_t p0, int64_t p1) {
+  const int64_t L = p1 - p0, P = int64_t(s.Ho) * s.Wo;
+  const TO* base = om + (int64_t(n) * P + p0) * C;
+  for (int64_t q = 0; q < L; q += 16) {
+    const int npx = L - q < 16 ? int(L - q) : 16;
+    const __mmask16 pm = lanes(npx);
+    for (int64_t c0 = 0; c0 < nAll; c0 += 16) {
+      const int nch = nAll - c0 < 16 ? int(nAll - c0) : 16;
+      const __mmask16 cm = lanes(nch);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < npx ? load16(base + (q + i) * C + c0, cm) : _mm512_setzero_ps();
+      transpose16x16(r);
+      for (int j = 0; j < nch; ++j) {
+        const __m512 v = c0 + j >= nOff ? sigmoid16(r[j]) : r[j];
+        _mm512_mask_storeu_ps(t + (c0 + j) * L + q, pm, v);
+      }
+    }
+  }
+}
+
+// out[p, gi*coutg + co] = b + sum_k cols[k, p] * w[k, co] for 6 pixels (or `npx` < 6) starting
+// at column px of the block: 6 pixels x up to 64 channels in 24 named accumulators (GCC keeps
+// an array of vectors in memory, storing it on every iteration), for an NHWC output
+// (channels_last) that the next convolution reads without a reorder.
+template <class TO>
+void gemm_pixels_nhwc(const PackedWeight& w, int gi, const float* cols, int64_t L, int64_t px,
+                      int npx, TO* out_px) {
+  const int ckg = w.ckg, coutg = w.cout / w.groups, ctp = w.ctp;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int cv0 = 0; cv0 < coutg; cv0 += 64) {
+    const __mmask16 k0 = lanes(coutg - cv0), k1 = lanes(coutg - cv0 - 16);
+    const __mmask16 k2 = lanes(coutg - cv0 - 32), k3 = lanes(coutg - cv0 - 48);
+    const float* bt = w.bt + int64_t(gi) * ctp + cv0;
+    const __m512 b0 = _mm512_maskz_loadu_ps(k0, bt), b1 = _mm512_maskz_loadu_ps(k1, bt + 16);
+    const __m512 b2 = _mm512_maskz_loadu_ps(k2, bt + 32), b3 = _mm512_maskz_loadu_ps(k3, bt + 48);
+#define VSQE_ACC(i) __m512 a##i##0 = b0, a##i##1 = b1, a##i##2 = b2, a##i##3 = b3;
+    VSQE_ACC(0) VSQE_ACC(1) VSQE_ACC(2) VSQE_ACC(3) VSQE_ACC(4) VSQE_ACC(5)
+#undef VSQE_ACC
+    const float* c = cols + px;
+    const float* wk = w.wt + int64_t(gi) * ckg * ctp + cv0;
+    // Pixels past npx read column 0 of the pixel group (always inside the block) and are not stored.
+    const int o1 = npx > 1 ? 1 : 0, o2 = npx > 2 ? 2 : 0, o3 = npx > 3 ? 3 : 0;
+    const int o4 = npx > 4 ? 4 : 0, o5 = npx > 5 ? 5 : 0;
+    for (int kk = 0; kk < ckg; ++kk, c += L, wk += ctp) {
+      const __m512 w0 = _mm512_maskz_loadu_ps(k0, wk), w1 = _mm512_maskz_loadu_ps(k1, wk + 16);
+      const __m512 w2 = _mm512_maskz_loadu_ps(k2, wk + 32), w3 = _mm512_maskz_loadu_ps(k3, wk + 48);
+#define VSQE_FMA(i, off)                           \
+  {                                                \
+    const __m512 x = _mm512_set1_ps(c[off]);       \
+    a##i##0 = _mm512_fmadd_ps(w0, x, a##i##0);     \
+    a##i##1 = _mm512_fmadd_ps(w1, x, a##i##1);     \
+    a##i##2 = _mm512_fmadd_ps(w2, x, a##i##2);     \
+    a##i##3 = _mm512_fmadd_ps(w3, x, a##i##3);     \
+  }
+      VSQE_FMA(0, 0) VSQE_FMA(1, o1) VSQE_FMA(2, o2) VSQE_FMA(3, o3) VSQE_FMA(4, o4) VSQE_FMA(5, o5)
+#undef VSQE_FMA
+    }
+    TO* o = out_px + gi * coutg + cv0;
+#define VSQE_STORE(i)                                     \
+  if (i < npx) {                                          \
+    TO* oi = o + int64_t(i) * w.cout;                     \
+    if (k0) store16(oi, a##i##0, k0);                     \
+    if (k1) store16(oi + 16, a##i##1, k1);                \
+    if (k2) store16(oi + 32, a##i##2, k2);                \
+    if (k3) store16(oi + 48, a##i##3, k3);                \
+  }
+    VSQE_STORE(0) VSQE_STORE(1) VSQE_STORE(2) VSQE_STORE(3) VSQE_STORE(4) VSQE_STORE(5)
+#undef VSQE_STORE
+    (void)zero;
+  }
+}
+
+template <class TO>
+void gemm_block_nhwc(const PackedWeight& w, int gi, const float* cols, int64_t L, TO* out_block) {
+  for (int64_t px = 0; px < L; px += 6) {
+    const int npx = L - px < 6 ? int(L - px) : 6;
+    gemm_pixels_nhwc(w, gi, cols, L, px, npx, out_block + px * w.cout);
+  }
+}
+
+template <class TI, class TO>
+void forward_block_om(const TI* input, const TO* om, int om_channels, const PackedWeight& w, TI* out,
+                      bool out_nhwc, const Shape& s, int n, int64_t p0, int64_t p1, float* scratch,
+                      float* om_scratch) {
+  const int K = s.kh * s.kw;
+  const int64_t L = p1 - p0, P = int64_t(s.Ho) * s.Wo, GK = int64_t(s.G) * K;
+  transpose_om(om, om_channels, 2 * GK, 3 * GK, om_scratch, s, n, p0, p1);
+  for (int g = 0; g < s.G; ++g)
+    for (int k = 0; k < K; ++k)
+      tap_pixels<TI, float, float>(input, om_scratch, om_scratch + 2 * GK * L, L, p0, scratch, p0, L, s,
+                                   n, p0, p1, g, k);
+  if (out_nhwc) {
+    TI* out_block = out + (int64_t(n) * P + p0) * w.cout;
+    for (int gi = 0; gi < w.groups; ++gi) gemm_block_nhwc(w, gi, scratch + int64_t(gi) * w.ckg * L, L, out_block);
+    return;
+  }
+  TI* out_n = out + int64_t(n) * w.cout * P + p0;
+  for (int gi = 0; gi < w.groups; ++gi)
+    gemm_block(w, gi, scratch + int64_t(gi) * w.ckg * L, L, out_n, P);
+  if (w.stream_out) _mm_sfence();
+}
+
 }  // namespace
 
 void im2col_avx512_f32(const float* input, const float* offset, const float* mask, float* cols, int64_t c0, int64_t L,
                        const Shape& s, int n, int64_t p0, int64_t p1, int g, int k) {
-  tap_pixels(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
+  tap_pixels_dense(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
 }
 
 void im2col_avx512_bf16(const bf16* input, const bf16* offset, const bf16* mask, bf16* cols, int64_t c0, int64_t L,
                         const Shape& s, int n, int64_t p0, int64_t p1, int g, int k) {
-  tap_pixels(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
+  tap_pixels_dense(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
 }
 
 void im2col_avx512_bf16_f32off(const bf16* input, const float* offset, const float* mask,
                                bf16* cols, int64_t c0, int64_t L, const Shape& s, int n, int64_t p0, int64_t p1, int g,
                                int k) {
-  tap_pixels(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
+  tap_pixels_dense(input, offset, mask, cols, c0, L, s, n, p0, p1, g, k);
 }
 
 void forward_block_avx512_f32(const float* input, const float* offset, const float* mask,
@@ -328,6 +495,25 @@ void forward_block_avx512_bf16_f32off(const bf16* input, const float* offset, co
                                       const PackedWeight& w, bf16* out, const Shape& s, int n,
                                       int64_t p0, int64_t p1, float* scratch) {
   forward_block(input, offset, mask, w, out, s, n, p0, p1, scratch);
+}
+
+void forward_block_om_avx512(DType input_dtype, const void* input, DType om_dtype, const void* om,
+                             int om_channels, const PackedWeight& w, void* out, bool out_nhwc,
+                             const Shape& s, int n, int64_t p0, int64_t p1, float* scratch,
+                             float* om_scratch) {
+  const bool in_f32 = input_dtype == DType::f32, om_f32 = om_dtype == DType::f32;
+  if (in_f32 && om_f32)
+    forward_block_om(static_cast<const float*>(input), static_cast<const float*>(om), om_channels, w,
+                     static_cast<float*>(out), out_nhwc, s, n, p0, p1, scratch, om_scratch);
+  else if (in_f32)
+    forward_block_om(static_cast<const float*>(input), static_cast<const bf16*>(om), om_channels, w,
+                     static_cast<float*>(out), out_nhwc, s, n, p0, p1, scratch, om_scratch);
+  else if (om_f32)
+    forward_block_om(static_cast<const bf16*>(input), static_cast<const float*>(om), om_channels, w,
+                     static_cast<bf16*>(out), out_nhwc, s, n, p0, p1, scratch, om_scratch);
+  else
+    forward_block_om(static_cast<const bf16*>(input), static_cast<const bf16*>(om), om_channels, w,
+                     static_cast<bf16*>(out), out_nhwc, s, n, p0, p1, scratch, om_scratch);
 }
 
 }  // namespace cpu

@@ -30,11 +30,17 @@ void im2col_avx512_bf16_f32off(const bf16* input, const float* offset, const flo
 
 // Weight packed for the GEMM micro-kernel: per conv group, per tile of 8 output channels,
 // [CK/groups][8] fp32 (zero rows pad the last tile); bias likewise [tiles][8] (zeros if none).
+// For an NHWC output the weight is also held transposed, per conv group [ckg][ctp] with the
+// group's output channels padded to ctp (a multiple of 16), and the bias as [groups][ctp]
+// (wt / bt are null when no NHWC output is asked for).
 struct PackedWeight {
   const float* w;
   const float* b;
   int cout, groups, ckg, tiles_per_group;  // ckg = (C/groups)*K
   bool stream_out;  // write the output with streaming (cache-bypassing) stores
+  const float* wt = nullptr;
+  const float* bt = nullptr;
+  int ctp = 0;
 };
 
 // Fused forward of output pixels [p0, p1) of image n: fp32 columns into `scratch`
@@ -48,6 +54,16 @@ void forward_block_avx512_bf16(const bf16* input, const bf16* offset, const bf16
 void forward_block_avx512_bf16_f32off(const bf16* input, const float* offset, const float* mask,
                                       const PackedWeight& w, bf16* out, const Shape& s, int n,
                                       int64_t p0, int64_t p1, float* scratch);
+
+// Fused forward of output pixels [p0, p1) of image n with offsets and mask LOGITS read from one
+// NHWC buffer om[n, p, c] of om_channels channels (offsets c < 2GK, logits at [2GK, 3GK)):
+// the block's values go transposed, sigmoid applied, to om_scratch (3GK*(p1-p0) floats), then
+// as forward_block_*; out is NCHW, or NHWC (out[n, p, co]) with out_nhwc and a w with wt/bt.
+// input and out: f32 or bf16 (the same); om: f32 or bf16.
+void forward_block_om_avx512(DType input_dtype, const void* input, DType om_dtype, const void* om,
+                             int om_channels, const PackedWeight& w, void* out, bool out_nhwc,
+                             const Shape& s, int n, int64_t p0, int64_t p1, float* scratch,
+                             float* om_scratch);
 
 #endif
 

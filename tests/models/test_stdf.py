@@ -189,3 +189,32 @@ def test_safetensors_weights_load(tmp_path: Path):
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ModelError, match=r"unknown model 'nope' \(known: .*stdf"):
         get_model_spec("nope")
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_channels_last_inference_fast_path_matches_the_composition(bf16, monkeypatch):
+    """STDF's forward hands the offset head's raw output to DeformConv2d.forward_om: the fused
+    native path (CPU inference, channels_last) equals slicing + sigmoid + deform_conv2d."""
+    import vsqe.models.stdf as stdf_module
+    from vsqe.ops import dcn
+
+    if not (dcn.native_available() and dcn._dcn_cpu.has_avx512()):
+        pytest.skip("the fused offset+mask DCN path needs AVX-512 (not on this CPU)")
+    torch.manual_seed(0)
+    model, _, _ = build_model("stdf", None, require_weights=False)
+    # Non-zero offsets and masks: the trained offset head's scale.
+    torch.nn.init.normal_(model.ffnet.offset_mask.weight, std=0.05)
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 7, 1, 48, 64)
+    calls = []
+    fused = stdf_module.deform_conv2d_om
+    monkeypatch.setattr(stdf_module, "deform_conv2d_om", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), ctx:
+        fast = model(x).float()
+        assert calls == [1]  # the fused path ran
+        monkeypatch.setattr(stdf_module, "om_fast_path_applies", lambda *a: False)
+        composed = model(x).float()
+        assert calls == [1]
+    diff = (fast - composed).abs().max().item()
+    assert diff <= (2.0 / 255 if bf16 else 1e-5), diff

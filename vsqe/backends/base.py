@@ -50,6 +50,7 @@ def create_backend(
         from vsqe.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(model, precision="fp16" if name == "trt-fp16" else "fp32")
+    _cpu_process_setup()
     if name.startswith("openvino"):
         from vsqe.backends.openvino_backend import OpenVinoBackend
 
@@ -57,3 +58,10 @@ def create_backend(
         return OpenVinoBackend(model, precision=precision, threads=threads)
     precision = "bf16" if name == "torch-bf16" else "fp32"
     return TorchBackend(model, precision=precision, threads=threads)
+
+
+def _cpu_process_setup() -> None:
+    """Once per process, for the CPU backends: malloc keeps freed memory (backends/allocator.py)."""
+    from vsqe.backends.allocator import keep_freed_memory
+
+    keep_freed_memory()

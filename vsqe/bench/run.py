@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from vsqe.backends.allocator import keep_freed_memory
 from vsqe.bench.backends import REFERENCE, dcn_for, dcn_implementation, make_backend, make_enhancer, one_line, reset_module
 from vsqe.bench.e2e import EndToEnd, default_data_dir, run_end_to_end, stream_for_size
 from vsqe.bench.flops import count_flops
@@ -101,6 +102,8 @@ def benchmark(
     threads: int | None = None,
     end_to_end: E2EOptions | None = None,
 ) -> tuple[list[BenchRow], list[E2ERow]]:
+    # Every row (reference and bench-only backends too) under the allocator setting vsqe run uses.
+    keep_freed_memory()
     module, spec, _ = build_model(model_name, weights, require_weights=False)
     rows: list[BenchRow] = []
     e2e_rows: list[E2ERow] = []
@@ -173,9 +176,10 @@ def _end_to_end(model_name: str, weights: str | None, backends: list[str], width
 
 def machine_line() -> str:
     omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+    malloc = "keeps freed memory" if keep_freed_memory() else "default"
     return (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, Python {platform.python_version()}, OMP_WAIT_POLICY={omp}"
+        f"torch {torch.__version__}, Python {platform.python_version()}, OMP_WAIT_POLICY={omp}, malloc {malloc}"
     )
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vsqe.models.registry import ModelSpec, register
-from vsqe.ops import deform_conv2d
+from vsqe.ops import deform_conv2d, deform_conv2d_om, om_fast_path_applies
 
 
 class DeformConv2d(nn.Module):
@@ -26,12 +26,22 @@ class DeformConv2d(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, padding: int) -> None:
         super().__init__()
         self.padding = padding
+        self.offset_groups = in_ch  # STDF: one deformable group per input channel (frame)
         self.weight = nn.Parameter(torch.empty(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return deform_conv2d(x, offset, mask, self.weight, self.bias, padding=self.padding)
+
+    def forward_om(self, x: torch.Tensor, offset_mask: torch.Tensor) -> torch.Tensor:
+        """From the offset head's raw output (offsets, then mask logits): one native call for CPU
+        inference on channels_last tensors (vsqe.ops.deform_conv2d_om); otherwise the slices and
+        sigmoid through `forward`, which the trainer replaces by its grid_sample DCN."""
+        if om_fast_path_applies(x, offset_mask, self.weight, self.bias):
+            return deform_conv2d_om(x, offset_mask, self.weight, self.bias, self.offset_groups, padding=self.padding)
+        gk = self.offset_groups * self.weight.shape[2] * self.weight.shape[3]
+        return self(x, offset_mask[:, : 2 * gk], torch.sigmoid(offset_mask[:, 2 * gk : 3 * gk]))
 
 
 def _conv(cin: int, cout: int, ks: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -63,20 +73,24 @@ class STDFFusion(nn.Module):
         self.offset_mask = _conv(nf, in_nc * 3 * self.kernel_points)
         self.deform_conv = DeformConv2d(in_nc, out_nc, deform_ks, padding=deform_ks // 2)
 
-    def offsets_and_masks(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dense part: per-frame sampling offsets and (sigmoid) modulation masks."""
+    def offset_mask_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """The dense part: per-frame sampling offsets, then modulation-mask logits, one tensor."""
         skips = [self.in_conv(frames)]
         for i in range(1, self.nb):
             skips.append(getattr(self, f"dn_conv{i}")(skips[-1]))
         out = self.tr_conv(skips[-1])
         for i in range(self.nb - 1, 0, -1):
             out = getattr(self, f"up_conv{i}")(torch.cat([out, skips[i]], dim=1))
-        off_msk = self.offset_mask(self.out_conv(out))
+        return self.offset_mask(self.out_conv(out))
+
+    def offsets_and_masks(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offsets and (sigmoid) masks as separate tensors: the cut the OpenVINO backend runs."""
+        off_msk = self.offset_mask_logits(frames)
         n_off = self.in_nc * 2 * self.kernel_points
         return off_msk[:, :n_off], torch.sigmoid(off_msk[:, n_off:])
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.deform_conv(frames, *self.offsets_and_masks(frames)))
+        return torch.relu(self.deform_conv.forward_om(frames, self.offset_mask_logits(frames)))
 
 
 class PlainQE(nn.Module):

@@ -1,5 +1,21 @@
 """Python face of vsqe's native ops (see docs/dcn.md)."""
 
-from vsqe.ops.dcn import cuda_available, deform_conv2d, get_impl, native_available, set_impl
+from vsqe.ops.dcn import (
+    cuda_available,
+    deform_conv2d,
+    deform_conv2d_om,
+    get_impl,
+    native_available,
+    om_fast_path_applies,
+    set_impl,
+)
 
-__all__ = ["deform_conv2d", "set_impl", "get_impl", "native_available", "cuda_available"]
+__all__ = [
+    "deform_conv2d",
+    "deform_conv2d_om",
+    "om_fast_path_applies",
+    "set_impl",
+    "get_impl",
+    "native_available",
+    "cuda_available",
+]

@@ -34,6 +34,8 @@ from torch import Tensor
 
 __all__ = [
     "deform_conv2d",
+    "deform_conv2d_om",
+    "om_fast_path_applies",
     "set_impl",
     "get_impl",
     "native_available",
@@ -579,3 +581,82 @@ def deform_conv2d(
     if mask is None:
         mask = offset.new_ones((offset.shape[0], offset_groups * kh * kw, offset.shape[2], offset.shape[3]))
     return torch.ops.vsqe.deform_conv2d(x, offset, mask, weight, bias, s, p, d, groups, offset_groups)
+
+
+# ---- offsets and mask logits in one tensor (the conv that predicts them) ----------------------
+# STDF's fusion net predicts offsets and mask logits with one conv, then slices and applies the
+# sigmoid. Under bf16 autocast with channels_last that conv's output is NHWC: the unfused path
+# pays a slow strided sigmoid and two NHWC->NCHW reorders (offsets, masks), and the next conv a
+# NCHW->NHWC reorder of the DCN output -- about 30 % of STDF's time at 256x256 on one core.
+# The native forward_om reads the NHWC tensor block by block (transposed in L2, sigmoid
+# vectorised) and writes an NHWC output. Everything else (autograd, CUDA, export, tracing,
+# torch.compile, NCHW tensors, CPUs without AVX-512) runs the plain composition below, which is
+# exactly what the model computed before.
+
+
+def om_fast_path_applies(x: Tensor, om: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether :func:`deform_conv2d_om` runs its one native call for these tensors (else it
+    runs the composition)."""
+    if _impl != "native" or not CPU_FUSED or _dcn_cpu is None or not _dcn_cpu.has_avx512():
+        return False
+    if x.device.type != "cpu" or om.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, om, weight, bias)):
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    # om must be NHWC-dense (channels_last): that is the case this path exists for.
+    return om.dim() == 4 and om.permute(0, 2, 3, 1).is_contiguous() and om.dtype in (torch.float32, torch.bfloat16)
+
+
+def deform_conv2d_om(
+    x: Tensor,
+    offset_mask: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    offset_groups: int = 1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+) -> Tensor:
+    """``deform_conv2d(x, om[:, :2GK], sigmoid(om[:, 2GK:3GK]), weight, bias, ...)``.
+
+    ``offset_mask`` ``[N, >= 3*G*kh*kw, Ho, Wo]`` holds the offsets (channels ``[0, 2GK)``, the
+    layout of :func:`deform_conv2d`) and the modulation LOGITS (``[2GK, 3GK)``); G =
+    ``offset_groups``. On an AVX-512 CPU, for inference on a channels_last ``offset_mask``, one
+    native call (``_dcn_cpu.forward_om``) that also returns a channels_last output; the result
+    equals the composition up to the sigmoid's last bits (a vector e^x, about 2 ulp) and, in
+    bf16, the mask is not rounded to bf16 first. Under CPU autocast it computes in the autocast
+    dtype like :func:`deform_conv2d`.
+    """
+    kh, kw = weight.shape[2], weight.shape[3]
+    gk = offset_groups * kh * kw
+    if offset_mask.dim() != 4 or offset_mask.shape[1] < 3 * gk:
+        raise ValueError(f"deform_conv2d_om: offset_mask {tuple(offset_mask.shape)} needs {3 * gk} channels "
+                         "(offsets + mask logits)")
+    offset, logits = offset_mask[:, : 2 * gk], offset_mask[:, 2 * gk : 3 * gk]
+    if not om_fast_path_applies(x, offset_mask, weight, bias):
+        return deform_conv2d(x, offset, torch.sigmoid(logits), weight, bias, stride, padding, dilation)
+    s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    cdt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if cdt not in (torch.float32, torch.bfloat16):
+        cdt = torch.float32
+    x = x.to(cdt).contiguous()
+    if weight.dim() != 4 or weight.shape[1] == 0 or x.shape[1] % weight.shape[1]:
+        raise ValueError(f"deform_conv2d_om: weight {tuple(weight.shape)} does not fit {x.shape[1]} input channels")
+    groups = x.shape[1] // weight.shape[1]
+    ho, wo = _check(x, offset, logits, weight, bias, s, p, d, groups, offset_groups)
+    if ho * wo < 2 or x.shape[2] * x.shape[3] < 2:  # the bf16 gathers need planes of 2+ elements
+        return deform_conv2d(x, offset, torch.sigmoid(logits), weight, bias, stride, padding, dilation)
+    n, cout = x.shape[0], weight.shape[0]
+    # Weight and bias rounded to the compute dtype first, as the op does under autocast.
+    wf = weight.detach().to(cdt).to(torch.float32).reshape(cout, -1).contiguous()
+    bf = None if bias is None else bias.detach().to(cdt).to(torch.float32).contiguous()
+    out = torch.empty((n, cout, ho, wo), dtype=cdt, memory_format=torch.channels_last)
+    shape = _shape_arg(x, kh, kw, s, p, d, offset_groups, ho, wo)
+    _dcn_cpu.forward_om(
+        _DTYPE_CODE[cdt], x.data_ptr(), _DTYPE_CODE[offset_mask.dtype], offset_mask.data_ptr(),
+        offset_mask.shape[1], wf.data_ptr(), 0 if bf is None else bf.data_ptr(), out.data_ptr(), True, shape,
+        cout, groups, 0, torch.get_num_threads(),
+    )
+    return out
