@@ -1,10 +1,10 @@
 """What `--backend auto` runs, and how large a frame each backend takes whole: the rule and the
 measurements behind it, in one place.
 
-Numbers: docs/benchmarks.md, "Session 2" (quiet 2-vCPU AMD EPYC, AVX512-BF16, no AMX; STDF-Y,
-model-only frames/s) and "Session 3" (peak RSS of `vsqe run`). Change them here when a new
-quiet-machine run says otherwise; tests/backends/test_auto_choice.py checks the rule, not the
-numbers.
+Numbers: docs/benchmarks.md, "Session 4" (quiet 2-vCPU AMD EPYC, AVX512-BF16, no AMX; STDF-Y,
+model-only frames/s, with the fused offset+mask DCN, channels_last fp32 and the allocator of
+backends/allocator.py; peak RSS of `vsqe run`). Change them here when a new quiet-machine run
+says otherwise; tests/backends/test_auto_choice.py checks the rule, not the numbers.
 
 The rule, for one call of `pixels` pixels (a whole padded frame, or a tile):
 1. TensorRT and an NVIDIA GPU usable, window model -> "trt" (fp32: fp16's ΔPSNR is not measured).
@@ -26,14 +26,16 @@ from dataclasses import dataclass, field
 # Cheaper to build and smaller first: breaks ties in measured speed.
 PREFERENCE = ("torch-bf16", "openvino-bf16", "openvino-fp32", "torch-fp32")
 
-# Model-only frames/s, STDF-Y, docs/benchmarks.md "Session 2" (quiet machine, trained weights).
+# Model-only frames/s, STDF-Y, docs/benchmarks.md "Session 4" (quiet machine, trained weights).
 # Rows start at the pixel count they were measured at and hold until the next measured size.
-# At 416x240 torch-bf16 and openvino-bf16 tie (6.36 / 6.34 fps; a second run 8.06 / 6.25);
-# from 832x480 up openvino-bf16 leads (1.49 vs 0.86 fps; 0.24 vs 0.21 at 1080p).
+# Since the fused offset+mask DCN (vsqe.ops.deform_conv2d_om) torch leads at every size, in bf16
+# (9.95 vs 5.83 fps at 416x240, 2.90 vs 1.71 at 832x480, 0.60 vs 0.23 at 1080p) and in fp32.
 _STDF_FPS: tuple[tuple[int, str, dict[str, float]], ...] = (
-    (416 * 240, "416x240", {"torch-bf16": 6.36, "openvino-bf16": 6.34, "openvino-fp32": 4.63, "torch-fp32": 3.21}),
-    (832 * 480, "832x480", {"openvino-bf16": 1.49, "openvino-fp32": 1.00, "torch-bf16": 0.86, "torch-fp32": 0.42}),
-    (1920 * 1080, "1920x1080", {"openvino-bf16": 0.24, "torch-bf16": 0.21}),
+    (416 * 240, "416x240", {"torch-bf16": 9.95, "openvino-bf16": 5.83, "torch-fp32": 5.86, "openvino-fp32": 4.81}),
+    (640 * 360, "640x360", {"torch-bf16": 4.55, "openvino-bf16": 2.54}),
+    (832 * 480, "832x480", {"torch-bf16": 2.90, "openvino-bf16": 1.71, "torch-fp32": 1.72, "openvino-fp32": 1.02}),
+    (1280 * 720, "1280x720", {"torch-bf16": 1.23, "openvino-bf16": 0.56}),
+    (1920 * 1080, "1920x1080", {"torch-bf16": 0.60, "openvino-bf16": 0.23}),
 )
 MEASURED_FPS: dict[str, tuple[tuple[int, str, dict[str, float]], ...]] = {
     "stdf": _STDF_FPS,
@@ -45,14 +47,15 @@ MEASURED_FPS: dict[str, tuple[tuple[int, str, dict[str, float]], ...]] = {
 BF16_CHECKED = frozenset({"stdf", "stdf-rgb"})
 
 # Peak RSS (MB) of `vsqe run` (HEVC decode, STDF-Y, x265 encode to .mkv) against the pixels of one
-# model call, measured whole-frame and tiled: docs/benchmarks.md "Session 3" (the commands are there).
+# model call, measured whole-frame and tiled: docs/benchmarks.md "Session 3" (OpenVINO) and
+# "Session 4" (torch, with the allocator that keeps freed memory: +15-35 % over glibc's default).
 # Between points RSS is interpolated linearly, beyond the last one extrapolated with the last slope.
 # OpenVINO grows far faster than linearly above ~1 Mpx (its memory plan for the whole graph):
 # openvino-bf16 3.5 GB at 1280x720, 6.6 GB in 1088x1088 tiles, 10.9 GB at 1080p whole; torch-bf16
-# 2.8 GB there, torch-fp32 3.6 GB.
+# 2.3 GB there, torch-fp32 5.1 GB.
 RSS_MB: dict[str, tuple[tuple[int, float], ...]] = {
-    "torch-fp32": ((832 * 480, 1488), (1280 * 720, 2478), (1920 * 1088, 3603)),
-    "torch-bf16": ((832 * 480, 1125), (1280 * 720, 1690), (1920 * 1088, 2847)),
+    "torch-fp32": ((832 * 480, 1570), (1280 * 720, 2364), (1920 * 1088, 5125)),
+    "torch-bf16": ((832 * 480, 1008), (1280 * 720, 1403), (1920 * 1088, 2335)),
     "openvino-fp32": ((832 * 480, 2613), (1280 * 720, 3114), (1920 * 1088, 10109)),
     "openvino-bf16": ((832 * 480, 2746), (1280 * 720, 3532), (1088 * 1088, 6630), (1920 * 1088, 10865)),
 }

@@ -146,6 +146,10 @@ class SecondOrderDeformableAlignment(nn.Module):
 class BasicVSRPlusPlus(nn.Module):
     """BasicVSR++; see the module docstring. `is_low_res_input=False` is the QE (same size) mode."""
 
+    # fp32 CPU inference in channels_last is slower here (basicvsrpp-y at 256x256, 4 frames,
+    # 2 threads: 345 vs 306 ms; the flow warps and concatenations reorder): backends/torch_backend.py.
+    channels_last_fp32 = False
+
     def __init__(
         self,
         mid_channels: int = 64,
