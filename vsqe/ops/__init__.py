@@ -1,5 +1,6 @@
 """Python face of vsqe's native ops (see docs/dcn.md)."""
 
+from vsqe.ops import dcn as _dcn
 from vsqe.ops.dcn import (
     cuda_available,
     deform_conv2d,
@@ -10,12 +11,4 @@ from vsqe.ops.dcn import (
     set_impl,
 )
 
-__all__ = [
-    "deform_conv2d",
-    "deform_conv2d_om",
-    "om_fast_path_applies",
-    "set_impl",
-    "get_impl",
-    "native_available",
-    "cuda_available",
-]
+__all__ = list(_dcn.__all__)
