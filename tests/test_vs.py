@@ -157,6 +157,26 @@ def test_vspipe_into_x265(tmp_path: Path):
     assert direct == piped, (direct, piped)
 
 
+def test_vspipe_takes_paths_relative_to_where_it_was_started(tmp_path: Path):
+    """vspipe runs a script from the script's folder; enhance.vpy resolves `-a input=` and
+    `-a weights=` against the folder the command was typed in (the shell's PWD)."""
+    vspipe = Path(sys.executable).with_name("vspipe")
+    _write_y4m_head(SHARED / "city_416x240.y4m", tmp_path / "city2.y4m", frames=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PWD=str(tmp_path))
+    run = subprocess.run(
+        [str(vspipe), "-c", "y4m", str(REPO / "samples" / "enhance.vpy"), "out.y4m", "-a", "input=city2.y4m",
+         "-a", "allow_untrained=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out.y4m").stat().st_size > 2 * 416 * 240
+    missing = subprocess.run(
+        [str(vspipe), "-c", "y4m", str(REPO / "samples" / "enhance.vpy"), "-", "-a", "input=nope.hevc"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert missing.returncode != 0 and f"input not found: {tmp_path / 'nope.hevc'}" in missing.stderr
+
+
 def _write_y4m_head(src: Path, dst: Path, frames: int) -> None:
     """Copies the first `frames` frames of a y4m file (C420, 8-bit)."""
     data = src.read_bytes()
