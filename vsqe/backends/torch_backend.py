@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+from vsqe.backends.fusion import fuse_conv_relu
+
 
 def bf16_supported() -> bool:
     try:
@@ -26,6 +28,8 @@ class TorchBackend:
         # models that run slower in it in fp32 say so (channels_last_fp32 = False: BasicVSR++).
         if precision == "bf16" or getattr(model, "channels_last_fp32", True):
             self.model = self.model.to(memory_format=torch.channels_last)
+        # Conv+ReLU as one oneDNN call (a parameter-sharing copy; the module itself is untouched).
+        self.model = fuse_conv_relu(self.model)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
