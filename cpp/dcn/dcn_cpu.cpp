@@ -276,18 +276,31 @@ void pack_weight_nhwc(const float* weight, const float* bias, int cout, int grou
   pw.ctp = ctp;
 }
 
-// Per-thread column buffer of the fused forward (kept between calls: no page faults per block).
+// Per-thread buffers of the fused forwards, kept between calls (no page faults per block):
+// Slot 0 the columns, slot 1 a block's transposed offsets and masks (forward_om).
+template <int Slot>
 float* scratch(size_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
 
-// Per-thread buffer of a block's transposed offsets and masks (forward_om).
-float* om_scratch(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+// The fused forwards' work split: blocks of whole 48-pixel GEMM tiles sized so that
+// `floats_per_px` fp32 values per pixel take ~256 KiB (they stay in L2), at least one tile;
+// fn(n, p0, p1) per block, blocks spread over the threads.
+template <class Fn>
+void for_blocks(const Shape& s, int64_t floats_per_px, int block_px, int64_t work, int nthreads, Fn fn) {
+  const int64_t P = int64_t(s.Ho) * s.Wo;
+  int64_t bpx = block_px > 0 ? block_px : (256 * 1024 / 4) / floats_per_px;
+  bpx = std::max<int64_t>(48, bpx / 48 * 48);
+  bpx = std::min<int64_t>(bpx, P);
+  const int64_t per_image = (P + bpx - 1) / bpx;
+  const int64_t tasks = per_image * s.N;
+  if (tasks > INT32_MAX) throw std::invalid_argument("dcn: too many blocks");
+  parallel_for(threads_for(work, nthreads), int(tasks), [&](int t) {
+    const int64_t p0 = (t % per_image) * bpx;
+    fn(int(t / per_image), p0, std::min(P, p0 + bpx), bpx);
+  });
 }
 #endif
 
@@ -315,21 +328,9 @@ void forward(DType input_dtype, const void* input, DType offset_dtype, const voi
   const int64_t P = int64_t(s.Ho) * s.Wo;
   // Outputs larger than a typical L3 share go around the cache (see store_out).
   pw.stream_out = int64_t(s.N) * cout * P * 4 > (int64_t(16) << 20);
-  // Default block: ~256 KiB of fp32 columns (fits L2 next to the streams), in whole 48-pixel
-  // GEMM tiles, at least one tile.
-  int64_t bpx = block_px > 0 ? block_px : (256 * 1024 / 4) / ck;
-  bpx = std::max<int64_t>(48, bpx / 48 * 48);
-  bpx = std::min<int64_t>(bpx, P);
-  const int64_t per_image = (P + bpx - 1) / bpx;
-  const int64_t tasks = per_image * s.N;
-  if (tasks > INT32_MAX) throw std::invalid_argument("dcn: too many blocks");
-
   const DType f32 = DType::f32, b16 = DType::bf16;
-  nthreads = threads_for(P * s.N * ck, nthreads);
-  parallel_for(nthreads, int(tasks), [&](int t) {
-    const int n = int(t / per_image);
-    const int64_t p0 = (t % per_image) * bpx, p1 = std::min(P, p0 + bpx);
-    float* buf = scratch(size_t(ck) * bpx);
+  for_blocks(s, ck, block_px, P * s.N * ck, nthreads, [&](int n, int64_t p0, int64_t p1, int64_t bpx) {
+    float* buf = scratch<0>(size_t(ck) * bpx);
     if (input_dtype == f32 && offset_dtype == f32)
       forward_block_avx512_f32(static_cast<const float*>(input), static_cast<const float*>(offset),
                                static_cast<const float*>(mask), pw, static_cast<float*>(out), s, n,
@@ -374,19 +375,10 @@ void forward_om(DType input_dtype, const void* input, DType om_dtype, const void
   if (out_nhwc) pack_weight_nhwc(weight, bias, cout, groups, ckg, wtbuf, btbuf, pw);
   const int64_t P = int64_t(s.Ho) * s.Wo;
   pw.stream_out = !out_nhwc && int64_t(s.N) * cout * P * 4 > (int64_t(16) << 20);
-  // ~256 KiB of fp32 columns and transposed offsets/masks together: both stay in L2.
-  int64_t bpx = block_px > 0 ? block_px : (256 * 1024 / 4) / (ck + 3 * GK);
-  bpx = std::max<int64_t>(48, bpx / 48 * 48);
-  bpx = std::min<int64_t>(bpx, P);
-  const int64_t per_image = (P + bpx - 1) / bpx;
-  const int64_t tasks = per_image * s.N;
-  if (tasks > INT32_MAX) throw std::invalid_argument("dcn: too many blocks");
-  nthreads = threads_for(P * s.N * ck, nthreads);
-  parallel_for(nthreads, int(tasks), [&](int t) {
-    const int n = int(t / per_image);
-    const int64_t p0 = (t % per_image) * bpx, p1 = std::min(P, p0 + bpx);
+  // Columns and transposed offsets/masks together stay in L2.
+  for_blocks(s, ck + 3 * GK, block_px, P * s.N * ck, nthreads, [&](int n, int64_t p0, int64_t p1, int64_t bpx) {
     forward_block_om_avx512(input_dtype, input, om_dtype, om, om_channels, pw, out, out_nhwc, s, n, p0,
-                            p1, scratch(size_t(ck) * bpx), om_scratch(size_t(3 * GK) * bpx));
+                            p1, scratch<0>(size_t(ck) * bpx), scratch<1>(size_t(3 * GK) * bpx));
   });
 #else
   (void)input, (void)om, (void)weight, (void)bias, (void)out, (void)out_nhwc, (void)block_px;

@@ -387,7 +387,6 @@ template <class TO>
 void gemm_pixels_nhwc(const PackedWeight& w, int gi, const float* cols, int64_t L, int64_t px,
                       int npx, TO* out_px) {
   const int ckg = w.ckg, coutg = w.cout / w.groups, ctp = w.ctp;
-  const __m512 zero = _mm512_setzero_ps();
   for (int cv0 = 0; cv0 < coutg; cv0 += 64) {
     const __mmask16 k0 = lanes(coutg - cv0), k1 = lanes(coutg - cv0 - 16);
     const __mmask16 k2 = lanes(coutg - cv0 - 32), k3 = lanes(coutg - cv0 - 48);
@@ -427,7 +426,6 @@ void gemm_pixels_nhwc(const PackedWeight& w, int gi, const float* cols, int64_t 
   }
     VSQE_STORE(0) VSQE_STORE(1) VSQE_STORE(2) VSQE_STORE(3) VSQE_STORE(4) VSQE_STORE(5)
 #undef VSQE_STORE
-    (void)zero;
   }
 }
 

@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from vsqe.ops import plain_cpu_inference
+
 
 def pointwise_conv_available() -> bool:
     try:
@@ -39,14 +41,7 @@ class ConvReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        plain = (
-            x.device.type != "cpu"
-            or (torch.is_grad_enabled() and (x.requires_grad or c.weight.requires_grad))
-            or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling()
-        )
-        if plain:
+        if not plain_cpu_inference(x, c.weight, c.bias):
             return torch.relu(c(x))
         w, b = c.weight, c.bias
         if torch.is_autocast_enabled("cpu"):  # the op is not in autocast's lists: cast as conv2d would

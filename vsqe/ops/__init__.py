@@ -8,6 +8,7 @@ from vsqe.ops.dcn import (
     get_impl,
     native_available,
     om_fast_path_applies,
+    plain_cpu_inference,
     set_impl,
 )
 

@@ -36,6 +36,7 @@ __all__ = [
     "deform_conv2d",
     "deform_conv2d_om",
     "om_fast_path_applies",
+    "plain_cpu_inference",
     "set_impl",
     "get_impl",
     "native_available",
@@ -594,16 +595,24 @@ def deform_conv2d(
 # exactly what the model computed before.
 
 
+def plain_cpu_inference(*tensors: Optional[Tensor]) -> bool:
+    """True when a call on `tensors` is CPU inference that no tracer, exporter, compiler or
+    autograd looks at: where a fused native shortcut may replace the composed layers (here and in
+    vsqe/backends/fusion.py)."""
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != "cpu" for t in present):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
+        return False
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
 def om_fast_path_applies(x: Tensor, om: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether :func:`deform_conv2d_om` runs its one native call for these tensors (else it
     runs the composition)."""
     if _impl != "native" or not CPU_FUSED or _dcn_cpu is None or not _dcn_cpu.has_avx512():
         return False
-    if x.device.type != "cpu" or om.device.type != "cpu":
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, om, weight, bias)):
-        return False
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+    if not plain_cpu_inference(x, om, weight, bias):
         return False
     # om must be NHWC-dense (channels_last): that is the case this path exists for.
     return om.dim() == 4 and om.permute(0, 2, 3, 1).is_contiguous() and om.dtype in (torch.float32, torch.bfloat16)
