@@ -144,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:  # not the main thread (main() called from a thread): leave signals alone
         previous = None
     try:
-        return int(handler(args) or 0)
+        status = int(handler(args) or 0)
+        signals.check()  # an interruption Python swallowed (see vsqe/signals.py) still ends in exit 130/143
+        return status
     except VsqeError as exc:
         if debug:
             traceback.print_exc()

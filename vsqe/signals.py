@@ -5,13 +5,17 @@ weakref callback, a __del__ or the garbage collector Python prints "Exception ig
 drops it: the run then carries on to the end (seen under load: SIGTERM, exit 0, output kept).
 So long loops (`vsqe run`'s frame pump) defer signals: the handler only records the signal and the
 loop raises it at its next frame, where nothing swallows it. Outside such a loop the handler
-raises at once, as Python's default SIGINT handler does.
+raises at once, as Python's default SIGINT handler does; if that raise lands in a weakref callback
+(an import finishing, say) Python would print "Exception ignored ... Traceback": our unraisable hook
+keeps that quiet, and the signal stays recorded so the next check() (the frame pump's, or the one
+main() runs after the command) still delivers it.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
-from typing import Iterator
+import sys
+from typing import Any, Iterator
 
 
 class Terminated(KeyboardInterrupt):
@@ -23,7 +27,9 @@ _deferred = 0
 
 
 def _exception_for(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    exc.vsqe_signal = signum  # type: ignore[attr-defined]  # marks it as ours for _quiet_unraisable
+    return exc
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -31,6 +37,19 @@ def _on_signal(signum: int, frame: object) -> None:
     _pending = signum
     if not _deferred:
         raise _exception_for(signum)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    """Drops our own interruption when Python swallowed it (it stays pending); the rest as before."""
+    global _pending
+    exc = getattr(unraisable, "exc_value", None)
+    if isinstance(exc, KeyboardInterrupt) and getattr(exc, "vsqe_signal", None) is not None:
+        _pending = exc.vsqe_signal  # the handler recorded it already; a check() in between may not have
+        return
+    _previous_unraisablehook(unraisable)
 
 
 def check() -> None:
@@ -56,8 +75,11 @@ def deferred() -> Iterator[None]:
 def install() -> dict[int, object]:
     """Installs the handler for SIGTERM, and for SIGINT unless it is ignored (nohup'd or
     background jobs must stay immune to Ctrl-C). Returns the previous handlers for restore()."""
-    global _pending
+    global _pending, _previous_unraisablehook
     _pending = None
+    if sys.unraisablehook is not _quiet_unraisable:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _quiet_unraisable
     previous: dict[int, object] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         current = signal.getsignal(signum)
@@ -70,3 +92,5 @@ def install() -> dict[int, object]:
 def restore(previous: dict[int, object]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)  # type: ignore[arg-type]
+    if sys.unraisablehook is _quiet_unraisable:
+        sys.unraisablehook = _previous_unraisablehook
