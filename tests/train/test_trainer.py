@@ -55,3 +55,30 @@ def test_export_loads_in_registry(scaffold, tmp_path):
     out = scaffold.export(scaffold.train("e", 1), tmp_path / "w.safetensors")
     model, spec, path = build_model("stdf", str(out))
     assert spec.name == "stdf" and path
+
+
+def test_resume_keeps_the_options_the_command_line_does_not_give(tiny_data, tmp_path, capsys):
+    """`vsqe train --resume --iters N`: only --iters changes; the run's other resumable options
+    (threads, logging, partner weights...) stay what the run was started with, not the parser's
+    defaults (a resumed MFQEv2 PQF run once lost its --partner-weights that way)."""
+    from vsqe.cli import main
+    from vsqe.train.trainer import load_checkpoint
+
+    data, _ = tiny_data
+    out = tmp_path / "run"
+    common = ["train", "--model", "stdf", "--data", str(data), "--out", str(out), "--batch", "2", "--patch", "32",
+              "--warmup", "1"]
+    partner = str(tmp_path / "partner.safetensors")
+    assert main([*common, "--iters", "1", "--threads", "1", "--val-every", "0", "--val-full-every", "0",
+                 "--log-every", "7", "--partner-weights", partner]) == 0
+    assert main([*common, "--resume", "--iters", "2"]) == 0
+    state = load_checkpoint(out / "last.pt")
+    cfg = state["config"]
+    assert state["iteration"] == 2 and cfg["iters"] == 2
+    assert (cfg["threads"], cfg["log_every"], cfg["val_every"], cfg["val_full_every"]) == (1, 7, 0, 0)
+    assert cfg["partner_weights"] == partner
+    # given explicitly, they do change
+    assert main([*common, "--resume", "--iters", "3", "--log-every", "5", "--partner-weights", ""]) == 0
+    cfg = load_checkpoint(out / "last.pt")["config"]
+    assert (cfg["iters"], cfg["log_every"], cfg["partner_weights"]) == (3, 5, "")
+    capsys.readouterr()

@@ -70,6 +70,11 @@ def add_data_parser(sub) -> None:
     m.set_defaults(func=_cmd_manifest, handler=_cmd_manifest)
 
 
+# `vsqe train` options that --resume may change (trainer.RESUME_OVERRIDES), with their defaults.
+RESUMABLE_DEFAULTS = {"iters": 60000, "threads": 2, "val_every": 500, "val_full_every": 3000, "ckpt_minutes": 5.0,
+                      "log_every": 25, "partner_weights": "", "val_frames": 12}
+
+
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on `vsqe data build` pairs (CPU, resumable)")
     p.add_argument("action", nargs="?", choices=["run", "export"], default="run")
@@ -79,7 +84,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (exactly)")
     p.add_argument("--resume-from", help="continue from this checkpoint file")
     p.add_argument("--refresh-data", action="store_true", help="on resume, train on the data folder's current clips")
-    p.add_argument("--iters", type=int, default=60000)
+    p.add_argument("--iters", type=int, help="iterations of the schedule (default 60000)")
     p.add_argument("--batch", type=int, help="samples per step (default 16; recurrent models 2)")
     p.add_argument("--patch", type=int, help="patch side in px (default 64; recurrent models 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; recurrent models 2e-4)")
@@ -88,23 +93,23 @@ def add_train_parser(sub) -> None:
                    help="train the plain architecture (default: BN after each conv+ReLU, folded on export)")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--x264-weight", type=float, default=0.2, help="share of x264 pairs (rest x265 LDP)")
-    p.add_argument("--val-every", type=int, default=500, help="validate on every 3rd dev frame (0: never)")
-    p.add_argument("--val-full-every", type=int, default=3000, help="validate on all dev frames (0: never)")
-    p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--val-every", type=int, help="validate on every 3rd dev frame (0: never; default 500)")
+    p.add_argument("--val-full-every", type=int, help="validate on all dev frames (0: never; default 3000)")
+    p.add_argument("--ckpt-minutes", type=float, help="minutes between checkpoints (default 5)")
+    p.add_argument("--log-every", type=int, help="iterations between log lines (default 25)")
     p.add_argument("--pqf-role", choices=["nonpqf", "pqf"], default="nonpqf",
                    help="PQF models (mfqev2-y): train the non-PQF or the PQF network (default: %(default)s)")
     p.add_argument("--init-from", default="", metavar="FILE",
                    help="PQF models: start a new run from these weights (e.g. the PQF run from the non-PQF export)")
-    p.add_argument("--partner-weights", default="", metavar="FILE",
+    p.add_argument("--partner-weights", metavar="FILE",
                    help="PQF models, validation: the other network's weights (default: its frames stay as decoded)")
     p.add_argument("--frames", type=int, default=7,
                    help="recurrent models (basicvsrpp-y): frames per training clip segment (default: %(default)s)")
-    p.add_argument("--val-frames", type=int, default=12,
-                   help="recurrent models: leading frames of each dev clip the subset validation streams (default: %(default)s)")
+    p.add_argument("--val-frames", type=int,
+                   help="recurrent models: leading frames of each dev clip the subset validation streams (default: 12)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
@@ -178,11 +183,16 @@ def _cmd_train(args) -> int:
     patch = args.patch if args.patch is not None else (128 if recurrent else 64)
     # No BN in the recurrent net (trainer.py): closer to the published 1e-4 than STDF-BN's 5e-4.
     lr = args.lr if args.lr is not None else (2e-4 if recurrent else 5e-4)
+    # Options a resumed run may change: None = not on the command line. A new run takes the
+    # defaults; a resumed one keeps what its checkpoint says (a default must not silently
+    # replace, say, the partner weights a run was started with).
+    given = {k for k in RESUMABLE_DEFAULTS if getattr(args, k) is not None}
+    resumable = {k: getattr(args, k) if k in given else v for k, v in RESUMABLE_DEFAULTS.items()}
     cfg = TrainConfig(
         data=str(args.data),
         out=str(args.out),
         model=args.model,
-        iters=args.iters,
+        iters=resumable["iters"],
         batch=batch,
         patch=patch,
         lr=lr,
@@ -190,24 +200,25 @@ def _cmd_train(args) -> int:
         batchnorm=args.batchnorm,
         warmup=args.warmup,
         precision=args.precision,
-        threads=args.threads,
+        threads=resumable["threads"],
         seed=args.seed,
         codec_weights={"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight},
-        val_every=args.val_every,
-        val_full_every=args.val_full_every,
-        ckpt_minutes=args.ckpt_minutes,
-        log_every=args.log_every,
+        val_every=resumable["val_every"],
+        val_full_every=resumable["val_full_every"],
+        ckpt_minutes=resumable["ckpt_minutes"],
+        log_every=resumable["log_every"],
         pqf_role=args.pqf_role,
         init_from=args.init_from,
-        partner_weights=args.partner_weights,
+        partner_weights=resumable["partner_weights"],
         frames=args.frames,
-        val_frames=args.val_frames,
+        val_frames=resumable["val_frames"],
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
     if recurrent and (cfg.patch < 64 or cfg.frames < 2):
         raise VsqeError(f"recurrent models need --patch >= 64 and --frames >= 2, got {cfg.patch} and {cfg.frames}")
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, refresh_data=args.refresh_data,
+                      overrides=given,
                       log=lambda m: print(m, flush=True))
     trainer.run()
     return 0

@@ -27,6 +27,7 @@ import signal
 import sys
 import time
 import types
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -337,7 +338,10 @@ class Trainer:
         resume_from: str | None = None,
         refresh_data: bool = False,
         log=print,
+        overrides: Collection[str] | None = None,
     ) -> None:
+        """`overrides`: on resume, which RESUME_OVERRIDES options `cfg` sets (the command line's
+        explicit ones); None = all of them (a Python caller's cfg says what it wants)."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -359,7 +363,8 @@ class Trainer:
                 saved = state["config"]
                 # The run's identity comes from the checkpoint; the command line may change the
                 # length, validation and logging cadence, and the thread count.
-                merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES}}
+                changed = RESUME_OVERRIDES if overrides is None else [k for k in RESUME_OVERRIDES if k in overrides]
+                merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in changed}}
                 merged["val_clips"] = tuple(merged["val_clips"])
                 self.cfg = cfg = TrainConfig(**merged)
                 torch.set_num_threads(cfg.threads)
