@@ -130,3 +130,96 @@ def test_size_rules():
         bo.step_shapes(_tiny(False), 258, 256)
     s = bo.step_shapes(_tiny(True), 64, 72)
     assert (s.feat_height, s.feat_width, s.small_height, s.small_width, s.scale) == (64, 72, 64, 72, 4)
+
+
+# ---- the loop over an engine set (StepLoop + StepExecutor) -------------------------------------
+
+
+def test_graph_io_is_what_the_graphs_have(exported):
+    """graph_io (what TensorRT engines are checked against and build-engine plans with) names
+    and sizes every input and output of the exported graphs, in graph order."""
+    model, size, graphs, _ = exported
+    shapes = bo.step_shapes(model, size, size)
+    for name, proto in graphs.items():
+        ins, outs = bo.graph_io(name, shapes)
+        dims = lambda values: {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in values}  # noqa: E731
+        assert list(dims(proto.graph.input).items()) == list(ins.items()), name
+        assert list(dims(proto.graph.output).items()) == list(outs.items()), name
+    with pytest.raises(ValueError, match="unknown BasicVSR"):
+        bo.graph_io("step_sideways", shapes)
+
+
+class _Recording:
+    """An engine set that runs another one and records each call (graph, gates): the sequence a
+    TensorRT engine set sees, checked here on ONNX Runtime."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.shapes = inner.shapes
+        self.calls: list[tuple[str, tuple[float, ...] | None]] = []
+
+    def frames(self, lqs):
+        return self.inner.frames(lqs)
+
+    def zeros(self, shape):
+        return self.inner.zeros(shape)
+
+    def gates(self, has_n1, has_n2):
+        return self.inner.gates(has_n1, has_n2)
+
+    def run(self, graph, inputs):
+        gates = tuple(inputs["gates"].tolist()) if "gates" in inputs else None
+        self.calls.append((graph, gates))
+        return self.inner.run(graph, inputs)
+
+    def output(self, frames):
+        return self.inner.output(frames)
+
+    def store(self, out, index, frame):
+        self.inner.store(out, index, frame)
+
+    def finish(self, out):
+        return self.inner.finish(out)
+
+
+def test_loop_over_an_engine_set(exported):
+    """StepLoop over the ONNX Runtime engine set is StepRunner, bit for bit; per frame it makes
+    the 8 calls of docs/basicvsrpp.md (features, 2 flows, 4 branch steps, reconstruct), with
+    gates (0,0), (1,0), then (1,1) along each branch."""
+    model, size, graphs, runner = exported
+    t = 4
+    x = _frames(t, size, seed=4)
+    rec = _Recording(runner.executor)
+    out = bo.StepLoop(rec)(x)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_array_equal(out.numpy(), runner(x).numpy())
+    names = [g for g, _ in rec.calls]
+    assert names.count("features") == t and names.count("flow") == 2 * (t - 1)
+    assert all(names.count(f"step_{b}") == t for b in bo.BRANCHES) and names.count("reconstruct") == t
+    assert len(names) == 8 * t - 2  # 8 per frame, less the flow a segment's last frame has no partner for
+    for b in bo.BRANCHES:
+        gates = [g for n, g in rec.calls if n == f"step_{b}"]
+        assert gates == [(0.0, 0.0), (1.0, 0.0)] + [(1.0, 1.0)] * (t - 2), b
+    # Each frame is reconstructed right after forward_2's step at that frame.
+    tail = names[names.index("step_forward_2"):]
+    assert tail == ["step_forward_2", "reconstruct"] * t
+
+
+def test_y_model_steps_match_torch():
+    """A Y model (in_channels=1, basicvsrpp-y's layout): 1-channel frames and output, SpyNet fed
+    Y replicated inside the flow graph, as the module does."""
+    torch.manual_seed(0)
+    model = BasicVSRPlusPlus(8, 1, hr_channels=8, in_channels=1).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if "conv_offset.6" in key:
+                p.normal_(0, 0.05)
+    shapes = bo.step_shapes(model, 256, 256)
+    assert shapes.in_channels == 1
+    graphs = bo.export_steps(model, 256, 256)
+    x = _frames(3, 256, seed=5)[:, :, :1]
+    with torch.no_grad():
+        ref = model(x)
+    out = bo.StepRunner(graphs, shapes)(x)
+    assert out.shape == ref.shape == (1, 3, 1, 256, 256)
+    assert (out - ref).abs().max().item() <= 1e-4

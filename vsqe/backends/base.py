@@ -32,8 +32,9 @@ def create_backend(
     model_name: str | None = None,
     recurrent: bool = False,
 ) -> Backend:
-    """`model_name` (the registry name) and `recurrent` matter to "auto" only: they select its
-    measured table; without a name auto runs torch-fp32 (nothing measured, nothing assumed)."""
+    """`model_name` (the registry name) and `recurrent` select "auto"'s measured table (without a
+    name auto runs torch-fp32: nothing measured, nothing assumed); `model_name` also names the
+    "trt" backends' cached engines."""
     from vsqe.backends.torch_backend import TorchBackend, bf16_supported
 
     if name not in _NAMES:
@@ -43,13 +44,14 @@ def create_backend(
         from vsqe.backends.choice import detect
 
         caps = detect(model, model_name or "", recurrent=recurrent)
-        return AutoBackend(caps, lambda concrete: create_backend(concrete, model, threads=threads))
+        return AutoBackend(caps, lambda concrete: create_backend(concrete, model, threads=threads, model_name=model_name))
     if name.endswith("-bf16") and not bf16_supported():
         raise BackendError(f"backend {name!r} needs a CPU with AVX512-BF16 or AMX; this one has neither")
     if name.startswith("trt"):  # TensorRT on an NVIDIA GPU (backends/tensorrt.py, docs/tensorrt.md)
         from vsqe.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(model, precision="fp16" if name == "trt-fp16" else "fp32")
+        # The registry name keys its engines: `vsqe build-engine --model NAME` builds the same files.
+        return TensorRTBackend(model, precision="fp16" if name == "trt-fp16" else "fp32", model_name=model_name)
     _cpu_process_setup()
     if name.startswith("openvino"):
         from vsqe.backends.openvino_backend import OpenVinoBackend

@@ -12,6 +12,15 @@ streams (copies, compute) with events, double-buffered: `submit(x)` returns at o
 handle, so a caller that submits the next input before collecting the previous result overlaps
 its upload and download with the engine's compute; `__call__` is submit + collect.
 
+BasicVSR++ (recurrent) models run as their seven per-step engines instead (export/engine.py's
+ensure_step_engines: one static engine per step graph, built per padded frame or tile size):
+`TrtSteps` is export/basicvsrpp_onnx.py's engine-set interface on TensorRT, and StepLoop, the
+same loop that drives the ONNX Runtime graphs, calls it 8 times per frame. Every array of the
+loop is a torch CUDA tensor on one stream, bound by data_ptr: frames are uploaded once,
+features and flows stay on the device between calls, and each reconstructed frame is copied to
+pinned host memory as soon as it is made. A segment goes through the segment machinery
+(pipeline/segments.py, Enhancer) as with any backend: `backend(x)` takes the padded segment.
+
 Without TensorRT or without a GPU, creating the backend raises BackendError with one line naming
 what is missing.
 """
@@ -21,10 +30,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from vsqe.errors import BackendError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vsqe.export.basicvsrpp_onnx import StepLoop, StepShapes
+    from vsqe.export.engine import StepEngine
 
 
 def unavailable_reason(what: str = "backend 'trt'") -> str | None:
@@ -129,6 +143,136 @@ class _Runner:
         return out
 
 
+# ---- BasicVSR++: the step engine set ------------------------------------------------------------
+
+
+class _StepEngine:
+    """One step graph's engine and execution context, checked against the graph's I/O (graph_io)."""
+
+    def __init__(self, planned: "StepEngine", runtime, engine) -> None:
+        import tensorrt as trt
+
+        self.runtime = runtime  # keeps the runtime alive as long as the engine
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        mode = {n: engine.get_tensor_mode(n) for n in names}
+        found_in = {n: tuple(engine.get_tensor_shape(n)) for n in names if mode[n] == trt.TensorIOMode.INPUT}
+        found_out = {n: tuple(engine.get_tensor_shape(n)) for n in names if mode[n] == trt.TensorIOMode.OUTPUT}
+        if found_in != planned.inputs or found_out != planned.outputs:
+            raise BackendError(f"engine {planned.paths.engine.name}: tensors {found_in} -> {found_out}, expected "
+                               f"{planned.inputs} -> {planned.outputs}")
+        wrong = [n for n in names if engine.get_tensor_dtype(n) != trt.float32]
+        if wrong:
+            raise BackendError(f"engine {planned.paths.engine.name}: tensors {wrong} are not float32")
+        self.inputs = planned.inputs
+        self.outputs = planned.outputs  # graph_io order: the order StepLoop reads outputs in
+
+
+class CudaSteps:
+    """The device half of StepLoop's engine-set interface (export/basicvsrpp_onnx.py's
+    StepExecutor): arrays are torch CUDA tensors, and every allocation, copy and call happens on
+    one stream, so the caching allocator's reuse of a freed feature's memory is ordered after the
+    calls that read it and the loop never waits on the GPU until `finish`. Subclasses give `run`
+    (TrtSteps: TensorRT engines)."""
+
+    def __init__(self, shapes: "StepShapes", device: torch.device) -> None:
+        self.shapes = shapes
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self._gates: dict[tuple[bool, bool], torch.Tensor] = {}
+
+    def frames(self, lqs) -> list[torch.Tensor]:
+        x = lqs if isinstance(lqs, torch.Tensor) else torch.from_numpy(lqs)
+        with torch.cuda.stream(self.stream):
+            dev = x.to(self.device, torch.float32, non_blocking=True)
+            return [dev[:, i].contiguous() for i in range(dev.shape[1])]
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        with torch.cuda.stream(self.stream):
+            return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
+    def gates(self, has_n1: bool, has_n2: bool) -> torch.Tensor:
+        key = (bool(has_n1), bool(has_n2))
+        if key not in self._gates:  # three constants, made once and only ever read
+            with torch.cuda.stream(self.stream):
+                self._gates[key] = torch.tensor([float(key[0]), float(key[1])], device=self.device)
+        return self._gates[key]
+
+    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def output(self, frames: int) -> torch.Tensor:
+        s = self.shapes
+        shape = (s.batch, frames, s.in_channels, s.height * s.scale, s.width * s.scale)
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True)
+
+    def store(self, out: torch.Tensor, index: int, frame: torch.Tensor) -> None:
+        with torch.cuda.stream(self.stream):  # pinned destination: the copy overlaps later calls
+            out[:, index].copy_(frame, non_blocking=True)
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        self.stream.synchronize()
+        return out
+
+
+class TrtSteps(CudaSteps):
+    """StepLoop's engine set on TensorRT: one engine and execution context per step graph,
+    enqueued on the CudaSteps stream with the tensors' data_ptr bound as I/O."""
+
+    def __init__(self, plan: Sequence["StepEngine"], shapes: "StepShapes", device: torch.device,
+                 plugin: Path | None = None) -> None:
+        from vsqe.export.basicvsrpp_onnx import GRAPH_NAMES
+        from vsqe.export.engine import load_engine
+
+        missing = [g for g in GRAPH_NAMES if g not in {e.graph for e in plan}]
+        if missing:
+            raise BackendError(f"BasicVSR++ step engines missing: {', '.join(missing)}")
+        super().__init__(shapes, device)
+        self.graphs = {e.graph: _StepEngine(e, *load_engine(e.paths.engine, e.key, plugin)) for e in plan}
+
+    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        g = self.graphs[graph]
+        ctx = g.context
+        if inputs.keys() != g.inputs.keys():
+            raise BackendError(f"step graph {graph!r}: inputs {sorted(inputs)}, engine takes {sorted(g.inputs)}")
+        for name, t in inputs.items():
+            ctx.set_tensor_address(name, _device_address(t, g.inputs[name], f"{graph}.{name}"))
+        with torch.cuda.stream(self.stream):
+            outs = [torch.empty(shape, dtype=torch.float32, device=self.device) for shape in g.outputs.values()]
+        for name, t in zip(g.outputs, outs):
+            ctx.set_tensor_address(name, t.data_ptr())
+        if not ctx.execute_async_v3(self.stream.cuda_stream):
+            raise BackendError(f"TensorRT inference of step graph {graph!r} failed (see the trt messages above)")
+        return outs
+
+
+def _device_address(t: torch.Tensor, shape: tuple[int, ...], what: str) -> int:
+    """The address to bind for `t`, after the checks an engine cannot make itself."""
+    if not (t.is_cuda and t.dtype == torch.float32 and t.is_contiguous() and tuple(t.shape) == shape):
+        raise BackendError(f"{what}: {tuple(t.shape)} {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}), "
+                           f"engine binds a contiguous float32 CUDA tensor of {shape}")
+    return t.data_ptr()
+
+
+def step_loop(model: torch.nn.Module, request, device: torch.device) -> "StepLoop":
+    """StepLoop over the TensorRT step engines of a BasicVSR++ module for request.profile's frame
+    size (built into the cache if missing). Raises BackendError (one line) without TensorRT/GPU."""
+    reason = unavailable_reason("BasicVSR++ on TensorRT")
+    if reason:
+        raise BackendError(reason)
+    from vsqe.export import basicvsrpp_onnx as bo
+    from vsqe.export.engine import ensure_step_engines, plugin_library
+
+    n, _, _, h, w = request.profile.opt
+    plan = ensure_step_engines(model, request)
+    executor = TrtSteps(plan, bo.step_shapes(model, h, w, batch=n), device,
+                        plugin_library() if request.dcn == "plugin" else None)
+    return bo.StepLoop(executor)
+
+
 class TensorRTBackend:
     def __init__(
         self,
@@ -160,6 +304,12 @@ class TensorRTBackend:
         self.device = torch.device("cuda", device)
         self._runners: dict[tuple[int, ...], _Runner] = {}
         self._build_lock = threading.Lock()
+        from vsqe.export.basicvsrpp_onnx import is_basicvsrpp
+
+        # Recurrent BasicVSR++: per-step engines and StepLoop, one set per padded frame (or tile) size.
+        self.stepwise = is_basicvsrpp(self.model)
+        self._step_loops: dict[tuple[int, ...], "StepLoop"] = {}
+        self._step_lock = threading.Lock()  # one StepLoop call at a time: contexts and stream are shared
 
     def _runner(self, shape: tuple[int, ...]) -> _Runner:
         runner = self._runners.get(shape)
@@ -184,17 +334,48 @@ class TensorRTBackend:
                 self._runners[shape] = runner
         return runner
 
+    def _step_loop(self, shape: tuple[int, ...]) -> "StepLoop":
+        """The step engine set for segments of this [N, T, C, H, W] shape (any T)."""
+        n, _, c, h, w = shape
+        key = (n, c, h, w)
+        loop = self._step_loops.get(key)
+        if loop is not None:
+            return loop
+        with self._build_lock:
+            loop = self._step_loops.get(key)
+            if loop is None:
+                from vsqe.export.engine import EngineError, EngineRequest, Profile
+                from vsqe.export.onnx import ExportError
+
+                request = EngineRequest(
+                    model_name=self.model_name, profile=Profile.static((n, 1, c, h, w)), precision=self.precision,  # type: ignore[arg-type]
+                    dcn=self.dcn, workspace_mb=self.workspace_mb, cache_dir=self.cache_dir,  # type: ignore[arg-type]
+                    device=self.device.index or 0,
+                )
+                try:
+                    loop = step_loop(self.model, request, self.device)
+                except (EngineError, ExportError) as exc:
+                    raise BackendError(f"backend '{self.name}': {exc}") from None
+                self._step_loops[key] = loop
+        return loop
+
     def submit(self, x: torch.Tensor):
-        """Starts one inference; returns a handle for `collect` (see the module docstring)."""
+        """Starts one inference; returns a handle for `collect` (see the module docstring).
+        BasicVSR++ segments run to completion here (a segment is hundreds of engine calls)."""
         x = x.float().contiguous()
+        if self.stepwise:
+            loop = self._step_loop(tuple(x.shape))
+            with self._step_lock:
+                return None, loop(x)
         runner = self._runner(tuple(x.shape))
         return runner, runner.submit(x)
 
     @staticmethod
     def collect(handle) -> torch.Tensor:
         runner, slot = handle
-        return runner.collect(slot)
+        return slot if runner is None else runner.collect(slot)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, T, C, H, W] float32 (CPU) -> the model's output, float32 on the CPU."""
+        """[N, T, C, H, W] float32 (CPU) -> the model's output, float32 on the CPU (BasicVSR++:
+        [N, T, C, sH, sW], a padded segment of any length T)."""
         return self.collect(self.submit(x))

@@ -4,9 +4,11 @@
     vsqe export-onnx --model basicvsrpp --shape 720x720 DIR [--whole-segment --frames T]   (per-step graphs)
     vsqe build-engine --model stdf --shape 1280x720 [--fp16] [--dcn native|plugin]
                       [--min 64x64 --max 1920x1088] [--workspace MB] [--cache DIR]
+    vsqe build-engine --model basicvsrpp --shape 720x720   (seven per-step engines, static)
 
-build-engine prints the engine's path on stdout (nothing else goes there); logs and progress go to
-stderr. Defaults come from trt/profiles.toml. See docs/tensorrt.md.
+build-engine prints the engine's path on stdout (one path per line for BasicVSR++'s step
+engines; nothing else goes there); logs and progress go to stderr. Defaults come from
+trt/profiles.toml. See docs/tensorrt.md.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-untrained", action="store_true",
                    help="export random weights when the model has no trained default (tests and demos only)")
     p.add_argument("--shape", type=_size, metavar="WxH", help="(optimisation) input size; default from trt/profiles.toml")
-    p.add_argument("--frames", type=positive_int, metavar="T", help="recurrent models: frames per segment")
+    p.add_argument("--frames", type=positive_int, metavar="T",
+                   help="export-onnx, recurrent models: frames of a --whole-segment export and of --check")
     p.add_argument("--fp16", action="store_true", default=None, help="fp16 (DCN, offsets, flows, last conv stay fp32)")
     p.add_argument("--fp32", dest="fp16", action="store_false", help="fp32 (overrides the profile's precision)")
 
@@ -178,7 +181,8 @@ def _check_steps(module, shapes, graphs, frames: int, fp16: bool) -> None:
     from vsqe.errors import ModelError
     from vsqe.export import basicvsrpp_onnx as bo
 
-    x = torch.rand(shapes.batch, frames, 3, shapes.height, shapes.width, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(shapes.batch, frames, shapes.in_channels, shapes.height, shapes.width,
+                   generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = module(x)
     err = float((bo.StepRunner(graphs, shapes)(x) - ref).abs().max())
@@ -223,7 +227,11 @@ def build_engine_command(args: argparse.Namespace) -> int:
     from vsqe.models import build_model
 
     spec, prof, (h, w), frames, fp16 = _resolve(args)
-    opt = vx.example_shape(spec, h, w, frames)
+    steps = _has_step_export(spec)
+    if steps and args.frames is not None:
+        raise ModelError(f"--frames does not apply to {args.model!r}: "
+                         "its per-step engines serve segments of any length")
+    opt = vx.example_shape(spec, h, w, 1 if steps else frames)
     # The profile's dynamic range applies only to the profile's own shape: --shape alone is static.
     use_prof = args.shape is None and not args.static
     lo = args.min or (parse_size(prof["min"]) if "min" in prof and use_prof else None)
@@ -255,6 +263,8 @@ def build_engine_command(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache) if args.cache else default_cache_dir(), device=args.device,
         verbose=args.trt_verbose,
     )
+    if steps:
+        return _build_step_engines(module, request, args.force)
     try:
         path, key = ensure_engine(module, spec, request, force=args.force)
     except (EngineError, vx.ExportError) as exc:
@@ -262,4 +272,22 @@ def build_engine_command(args: argparse.Namespace) -> int:
     sys.stderr.write(f"vsqe: engine {key.profile.label()} {key.precision} dcn={key.dcn} "
                      f"TensorRT {key.trt_version} {key.gpu_name}: {path}\n")
     sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _build_step_engines(module, request, force: bool) -> int:
+    """BasicVSR++: one engine per step graph (export/engine.py's ensure_step_engines); their
+    paths on stdout, one per line, in graph order."""
+    from vsqe.errors import BackendError
+    from vsqe.export import onnx as vx
+    from vsqe.export.engine import EngineError, ensure_step_engines
+
+    try:
+        plan = ensure_step_engines(module, request, force=force)
+    except (EngineError, vx.ExportError) as exc:
+        raise BackendError(str(exc)) from None
+    key = plan[0].key
+    sys.stderr.write(f"vsqe: {len(plan)} step engines {key.profile.label()} {key.precision} dcn={key.dcn} "
+                     f"TensorRT {key.trt_version} {key.gpu_name} in {plan[0].paths.engine.parent}\n")
+    sys.stdout.write("".join(f"{e.paths.engine}\n" for e in plan))
     return 0

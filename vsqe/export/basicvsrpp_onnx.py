@@ -20,6 +20,12 @@ Every graph is independent of T, so one set serves any segment length. H and W a
 (SpyNet specialises them, onnx.py's StaticShapesOnly); the pipeline runs one size per clip (the
 padded frame or the tile). DCN goes through onnx.py's translation (ONNX DeformConv, or our
 TensorRT plugin's node with dcn="plugin").
+
+The recurrence is one loop, `StepLoop`, over an *engine set* (`StepExecutor`): something that
+runs a step graph by name on arrays it owns. `OrtSteps` runs the graphs in ONNX Runtime on host
+numpy arrays (`StepRunner` = StepLoop over OrtSteps, the CPU reference); backends/tensorrt.py's
+`TrtSteps` runs one TensorRT engine per graph on device buffers, so features and flows stay on
+the GPU between calls. `graph_io` (pure) gives every graph's input and output names and shapes.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from vsqe.export import onnx as vx
 
@@ -52,7 +58,7 @@ MANIFEST_VERSION = 1
 def _modules(model: "BasicVSRPlusPlus") -> dict[str, "torch.nn.Module"]:
     from torch import nn
 
-    from vsqe.models.spynet import flow_warp
+    from vsqe.models.spynet import as_spynet_input, flow_warp
 
     class Features(nn.Module):
         def __init__(self) -> None:
@@ -68,7 +74,9 @@ def _modules(model: "BasicVSRPlusPlus") -> dict[str, "torch.nn.Module"]:
             self.spynet = model.spynet
 
         def forward(self, ref, supp):
-            return self.spynet(ref, supp)
+            # As BasicVSRPlusPlus._flows: Y models feed SpyNet Y replicated to 3 channels
+            # (as_spynet_input returns RGB unchanged, so RGB graphs do not change).
+            return self.spynet(as_spynet_input(ref), as_spynet_input(supp))
 
     class Step(nn.Module):
         """One step of one branch; mirrors BasicVSRPlusPlus._propagate's loop body."""
@@ -103,7 +111,8 @@ def _modules(model: "BasicVSRPlusPlus") -> dict[str, "torch.nn.Module"]:
 
 @dataclass(frozen=True)
 class StepShapes:
-    """Sizes of one export: batch, frame H x W, feature h x w, flow-input hs x ws, channels C."""
+    """Sizes of one export: batch, frame H x W, feature h x w, flow-input hs x ws, channels C,
+    output scale and the frames' channels (3 RGB, 1 for Y models)."""
 
     batch: int
     height: int
@@ -114,6 +123,7 @@ class StepShapes:
     small_width: int
     channels: int
     scale: int
+    in_channels: int = 3  # last, with a default: manifests written before Y models lack it
 
 
 def step_shapes(model: "BasicVSRPlusPlus", height: int, width: int, batch: int = 1) -> StepShapes:
@@ -130,7 +140,37 @@ def step_shapes(model: "BasicVSRPlusPlus", height: int, width: int, batch: int =
         raise vx.ExportError(
             f"BasicVSR++ needs flow inputs of at least 64x64 (QE: frames of at least 256x256), got {width}x{height}"
         )
-    return StepShapes(batch, height, width, fh, fw, sh, sw, model.mid_channels, model.scale)
+    return StepShapes(batch, height, width, fh, fw, sh, sw, model.mid_channels, model.scale,
+                      getattr(model, "in_channels", 3))
+
+
+Shape = tuple[int, ...]
+GraphIO = tuple[dict[str, Shape], dict[str, Shape]]
+
+
+def graph_io(name: str, s: StepShapes) -> GraphIO:
+    """(inputs, outputs) of step graph `name`: tensor name -> static shape, in graph order.
+
+    Pure: the exporter names the graphs' tensors from this, the TensorRT executor checks its
+    engines against it, and build-engine's plan reports it. Every tensor is float32."""
+    n, c, ci = s.batch, s.channels, s.in_channels
+    frame = (n, ci, s.height, s.width)
+    feat = (n, c, s.feat_height, s.feat_width)
+    small = (n, ci, s.small_height, s.small_width)
+    flow = (n, 2, s.feat_height, s.feat_width)  # SpyNet keeps its input size: h x w in both layouts
+    if name == "features":
+        return {"frame": frame}, {"feat": feat, "small": small}
+    if name == "flow":
+        return {"ref": small, "supp": small}, {"flow": flow}
+    if name == "reconstruct":
+        ins = {"lq": frame, **{k: feat for k in ("spatial", "b1", "f1", "b2", "f2")}}
+        return ins, {"output": (n, ci, s.height * s.scale, s.width * s.scale)}
+    if not name.startswith("step_") or name[len("step_"):] not in BRANCHES:
+        raise ValueError(f"unknown BasicVSR++ step graph {name!r} (known: {', '.join(GRAPH_NAMES)})")
+    index = BRANCHES.index(name[len("step_"):])
+    ins = {"current": feat, "feat_n1": feat, "feat_n2": feat, "flow_n1": flow, "flow_prev": flow, "gates": (2,)}
+    ins.update({f"prev_{i}": feat for i in range(index)})
+    return ins, {"feat": feat}
 
 
 def _examples(s: StepShapes, name: str) -> tuple[tuple, list[str], list[str]]:
@@ -138,23 +178,12 @@ def _examples(s: StepShapes, name: str) -> tuple[tuple, list[str], list[str]]:
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    rnd = lambda *shape: torch.rand(shape, generator=gen)  # noqa: E731
-    n, c = s.batch, s.channels
-    feat = lambda: rnd(n, c, s.feat_height, s.feat_width)  # noqa: E731
-    if name == "features":
-        return (rnd(n, 3, s.height, s.width),), ["frame"], ["feat", "small"]
-    if name == "flow":
-        small = lambda: rnd(n, 3, s.small_height, s.small_width)  # noqa: E731
-        return (small(), small()), ["ref", "supp"], ["flow"]
-    if name == "reconstruct":
-        args = (rnd(n, 3, s.height, s.width), *(feat() for _ in range(5)))
-        return args, ["lq", "spatial", "b1", "f1", "b2", "f2"], ["output"]
-    index = BRANCHES.index(name[len("step_"):])
-    flow = lambda: rnd(n, 2, s.feat_height, s.feat_width)  # noqa: E731
-    previous = [feat() for _ in range(index)]
-    args = (feat(), feat(), feat(), flow(), flow(), torch.ones(2), previous)
-    names = ["current", "feat_n1", "feat_n2", "flow_n1", "flow_prev", "gates"]
-    return args, names + [f"prev_{i}" for i in range(index)], ["feat"]
+    ins, outs = graph_io(name, s)
+    tensors = {k: torch.ones(shape) if k == "gates" else torch.rand(shape, generator=gen) for k, shape in ins.items()}
+    args: tuple = tuple(tensors.values())
+    if name.startswith("step_"):  # Step.forward takes the earlier branches as one list
+        args = (*args[:6], list(args[6:]))
+    return args, list(ins), list(outs)
 
 
 # ---- export -------------------------------------------------------------------------------------
@@ -219,11 +248,17 @@ def export_model_steps(name: str, height: int, width: int, *, weights: str | Non
     from vsqe.models import build_model
 
     module, spec, _ = build_model(name, weights, require_weights=not allow_untrained)
+    shapes = padded_step_shapes(module, spec, height, width)
+    return module, shapes, export_steps(module, shapes.height, shapes.width, dcn=dcn, fp16=fp16)
+
+
+def padded_step_shapes(module: object, spec, height: int, width: int) -> StepShapes:
+    """The step shapes the pipeline runs for height x width frames: padded to the model's size
+    multiple and minimum (as run_segment pads), then checked by step_shapes."""
     if not is_basicvsrpp(module):
-        raise vx.ExportError(f"model {name!r} is not a BasicVSR++ network: no per-step export")
+        raise vx.ExportError(f"model {spec.name!r} is not a BasicVSR++ network: no per-step graphs")
     shape = vx.example_shape(spec, height, width, frames=1)
-    shapes = step_shapes(module, shape.height, shape.width)
-    return module, shapes, export_steps(module, shape.height, shape.width, dcn=dcn, fp16=fp16)
+    return step_shapes(module, shape.height, shape.width)  # type: ignore[arg-type]
 
 
 def is_basicvsrpp(module: object) -> bool:
@@ -232,18 +267,136 @@ def is_basicvsrpp(module: object) -> bool:
     return isinstance(module, BasicVSRPlusPlus)
 
 
-# ---- the runner ---------------------------------------------------------------------------------
+# ---- the loop, over any engine set ----------------------------------------------------------------
 
 
-class StepRunner:
-    """Runs BasicVSR++ segments through the per-step graphs with ONNX Runtime.
+class StepExecutor(Protocol):
+    """An engine set: runs the step graphs by name on arrays of its own kind (host numpy arrays
+    for ONNX Runtime, device tensors for TensorRT). StepLoop only passes these arrays from one
+    call to the next and never looks inside them, so they stay wherever the executor keeps them."""
 
-    `runner(x)` takes [N, T, 3, H, W] (torch or numpy, float32, H x W the exported size) and
-    returns [N, T, 3, sH, sW] like the torch module, so it drops into pipeline.segments'
-    run_segment / stream_segments in place of the module. The loop mirrors
+    shapes: StepShapes
+
+    def frames(self, lqs: Any) -> list[Any]:
+        """The segment [N, T, C, H, W] (host memory, torch or numpy) as T inputs [N, C, H, W]."""
+        ...
+
+    def zeros(self, shape: Shape) -> Any:
+        """A float32 zero array: the history a branch has not got at its first two steps."""
+        ...
+
+    def gates(self, has_n1: bool, has_n2: bool) -> Any:
+        """The step graphs' `gates` input [2] = (has_n1, has_n2) as 0.0 / 1.0."""
+        ...
+
+    def run(self, graph: str, inputs: dict[str, Any]) -> list[Any]:
+        """Runs one graph on its named inputs; returns its outputs in graph_io order."""
+        ...
+
+    def output(self, frames: int) -> Any:
+        """A host array for a segment's output [N, T, C, sH, sW]."""
+        ...
+
+    def store(self, out: Any, index: int, frame: Any) -> None:
+        """Puts reconstructed frame `index` [N, C, sH, sW] into `out`."""
+        ...
+
+    def finish(self, out: Any) -> Any:
+        """`out`, complete (an executor with pending device copies waits for them here)."""
+        ...
+
+
+class StepLoop:
+    """Runs BasicVSR++ segments through the per-step graphs of an engine set.
+
+    `loop(x)` takes [N, T, C, H, W] (torch or numpy, float32, H x W the exported size) and
+    returns [N, T, C, sH, sW] of the same kind, like the torch module, so it drops into
+    pipeline.segments' run_segment / stream_segments in place of the module. The loop mirrors
     BasicVSRPlusPlus.forward: features and flows per frame, four branches, and each frame
-    reconstructed as soon as forward_2 has passed it.
+    reconstructed as soon as forward_2 has passed it. Features and flows are the executor's
+    arrays from the call that made them to the last call that reads them (on a GPU executor they
+    never leave the device).
     """
+
+    def __init__(self, executor: StepExecutor) -> None:
+        self.executor = executor
+
+    @property
+    def shapes(self) -> StepShapes:
+        return self.executor.shapes
+
+    def __call__(self, x):
+        import torch
+
+        out = self.run(x)
+        if isinstance(x, torch.Tensor):
+            return out if isinstance(out, torch.Tensor) else torch.from_numpy(out)
+        return out.numpy() if isinstance(out, torch.Tensor) else out
+
+    def run(self, lqs):
+        """[N, T, C, H, W] (host) -> [N, T, C, sH, sW] in the executor's host array kind."""
+        e, s = self.executor, self.shapes
+        n, t, c, h, w = tuple(lqs.shape)
+        if (n, c, h, w) != (s.batch, s.in_channels, s.height, s.width):
+            from vsqe.errors import ModelError
+
+            raise ModelError(f"BasicVSR++ step graphs were exported for {s.batch}x{s.in_channels}x{s.width}x{s.height} "
+                             f"frames, got {n}x{c}x{w}x{h}")
+        frames = e.frames(lqs)
+        spatial, small = [], []
+        for f in frames:
+            feat, sm = e.run("features", {"frame": f})
+            spatial.append(feat)
+            small.append(sm)
+        flows_backward = [e.run("flow", {"ref": small[i], "supp": small[i + 1]})[0] for i in range(t - 1)]
+        flows_forward = [e.run("flow", {"ref": small[i + 1], "supp": small[i]})[0] for i in range(t - 1)]
+        del small
+        b1 = self._propagate("backward_1", spatial, [], flows_backward)
+        f1 = self._propagate("forward_1", spatial, [b1], flows_forward)
+        b2 = self._propagate("backward_2", spatial, [b1, f1], flows_backward)
+        del flows_backward
+        out = e.output(t)
+        for idx, f2 in self._steps("forward_2", spatial, [b1, f1, b2], flows_forward):
+            inputs = {"lq": frames[idx], "spatial": spatial[idx], "b1": b1[idx], "f1": f1[idx], "b2": b2[idx], "f2": f2}
+            e.store(out, idx, e.run("reconstruct", inputs)[0])
+            # as the model: free what nothing reads again
+            frames[idx] = spatial[idx] = b1[idx] = f1[idx] = b2[idx] = None
+        return e.finish(out)
+
+    def _propagate(self, branch: str, spatial: list, previous: list[list], flows: list) -> list:
+        feats: list = [None] * len(spatial)
+        for idx, feat in self._steps(branch, spatial, previous, flows):
+            feats[idx] = feat
+        return feats
+
+    def _steps(self, branch: str, spatial: list, previous: list[list], flows: list) -> Iterator[tuple[int, Any]]:
+        """Yields (frame index, propagated feature) in the branch's visiting order; mirrors
+        BasicVSRPlusPlus._propagate with zeros (and gates 0) where the model has no history."""
+        e, s = self.executor, self.shapes
+        t = len(spatial)
+        backward = branch.startswith("backward")
+        order = range(t - 1, -1, -1) if backward else range(t)
+        zeros_feat = e.zeros((s.batch, s.channels, s.feat_height, s.feat_width))
+        zeros_flow = e.zeros((s.batch, 2, s.feat_height, s.feat_width))
+        feat_n1 = feat_n2 = zeros_feat
+        flow_prev = zeros_flow
+        for i, idx in enumerate(order):
+            flow_n1 = zeros_flow if i == 0 else (flows[idx] if backward else flows[idx - 1])
+            inputs = {"current": spatial[idx], "feat_n1": feat_n1, "feat_n2": feat_n2, "flow_n1": flow_n1,
+                      "flow_prev": flow_prev, "gates": e.gates(i > 0, i > 1)}
+            inputs.update({f"prev_{k}": p[idx] for k, p in enumerate(previous)})
+            feat = e.run(f"step_{branch}", inputs)[0]
+            if i > 0:
+                flow_prev = flow_n1
+            feat_n2, feat_n1 = feat_n1, feat
+            yield idx, feat
+
+
+# ---- ONNX Runtime ---------------------------------------------------------------------------------
+
+
+class OrtSteps:
+    """The engine set in ONNX Runtime (CPU): one session per graph, host numpy arrays."""
 
     def __init__(self, graphs: dict[str, "onnx.ModelProto | bytes | str | Path"], shapes: StepShapes,
                  threads: int = 1) -> None:
@@ -264,6 +417,52 @@ class StepRunner:
             self.sessions[name] = ort.InferenceSession(
                 g if isinstance(g, bytes) else str(g), opts, providers=["CPUExecutionProvider"])
 
+    def frames(self, lqs) -> list["np.ndarray"]:
+        import numpy as np
+        import torch
+
+        if isinstance(lqs, torch.Tensor):
+            lqs = lqs.detach().cpu().numpy()
+        lqs = np.ascontiguousarray(lqs, dtype=np.float32)
+        return [np.ascontiguousarray(lqs[:, i]) for i in range(lqs.shape[1])]
+
+    def zeros(self, shape: Shape) -> "np.ndarray":
+        import numpy as np
+
+        return np.zeros(shape, dtype=np.float32)
+
+    def gates(self, has_n1: bool, has_n2: bool) -> "np.ndarray":
+        import numpy as np
+
+        return np.array([float(has_n1), float(has_n2)], dtype=np.float32)
+
+    def run(self, graph: str, inputs: dict[str, "np.ndarray"]) -> list["np.ndarray"]:
+        return self.sessions[graph].run(None, inputs)
+
+    def output(self, frames: int) -> "np.ndarray":
+        import numpy as np
+
+        s = self.shapes
+        return np.empty((s.batch, frames, s.in_channels, s.height * s.scale, s.width * s.scale), dtype=np.float32)
+
+    def store(self, out: "np.ndarray", index: int, frame: "np.ndarray") -> None:
+        out[:, index] = frame
+
+    def finish(self, out: "np.ndarray") -> "np.ndarray":
+        return out
+
+
+class StepRunner(StepLoop):
+    """StepLoop over ONNX Runtime sessions (the CPU reference): `StepRunner(graphs, shapes)`."""
+
+    def __init__(self, graphs: dict[str, "onnx.ModelProto | bytes | str | Path"], shapes: StepShapes,
+                 threads: int = 1) -> None:
+        super().__init__(OrtSteps(graphs, shapes, threads))
+
+    @property
+    def sessions(self) -> dict:
+        return self.executor.sessions  # type: ignore[attr-defined]
+
     @classmethod
     def load(cls, folder: str | Path, threads: int = 1) -> "StepRunner":
         """Opens a folder written by save_steps (DCN as ONNX DeformConv: ORT cannot run the plugin)."""
@@ -283,77 +482,6 @@ class StepRunner:
                 data = vx.model_bytes(vx.plugin_to_deformconv(onnx.load_from_string(data)))
             graphs[name] = data
         return cls(graphs, StepShapes(**manifest["shapes"]), threads)
-
-    def _run(self, name: str, **inputs: "np.ndarray") -> list["np.ndarray"]:
-        return self.sessions[name].run(None, inputs)
-
-    def __call__(self, x):
-        import numpy as np
-        import torch
-
-        as_torch = isinstance(x, torch.Tensor)
-        lqs = np.ascontiguousarray(x.detach().cpu().numpy() if as_torch else x, dtype=np.float32)
-        out = self.run(lqs)
-        return torch.from_numpy(out) if as_torch else out
-
-    def run(self, lqs: "np.ndarray") -> "np.ndarray":
-        import numpy as np
-
-        n, t, c, h, w = lqs.shape
-        s = self.shapes
-        if (n, c, h, w) != (s.batch, 3, s.height, s.width):
-            from vsqe.errors import ModelError
-
-            raise ModelError(f"BasicVSR++ step graphs were exported for {s.batch}x3x{s.width}x{s.height} "
-                             f"frames, got {n}x{c}x{w}x{h}")
-        frames = [np.ascontiguousarray(lqs[:, i]) for i in range(t)]
-        spatial, small = [], []
-        for f in frames:
-            feat, sm = self._run("features", frame=f)
-            spatial.append(feat)
-            small.append(sm)
-        flows_backward = [self._run("flow", ref=small[i], supp=small[i + 1])[0] for i in range(t - 1)]
-        flows_forward = [self._run("flow", ref=small[i + 1], supp=small[i])[0] for i in range(t - 1)]
-        del small
-        b1 = self._propagate("backward_1", spatial, [], flows_backward)
-        f1 = self._propagate("forward_1", spatial, [b1], flows_forward)
-        b2 = self._propagate("backward_2", spatial, [b1, f1], flows_backward)
-        out = np.empty((n, t, 3, h * s.scale, w * s.scale), dtype=np.float32)
-        for idx, f2 in self._steps("forward_2", spatial, [b1, f1, b2], flows_forward):
-            out[:, idx] = self._run("reconstruct", lq=frames[idx], spatial=spatial[idx], b1=b1[idx],
-                                    f1=f1[idx], b2=b2[idx], f2=f2)[0]
-            spatial[idx] = b1[idx] = f1[idx] = b2[idx] = None  # as the model: free what nothing reads again
-        return out
-
-    def _propagate(self, branch: str, spatial: list, previous: list[list], flows: list) -> list:
-        feats: list = [None] * len(spatial)
-        for idx, feat in self._steps(branch, spatial, previous, flows):
-            feats[idx] = feat
-        return feats
-
-    def _steps(self, branch: str, spatial: list, previous: list[list], flows: list) -> Iterator[tuple[int, "np.ndarray"]]:
-        """Yields (frame index, propagated feature) in the branch's visiting order; mirrors
-        BasicVSRPlusPlus._propagate with zeros (and gates 0) where the model has no history."""
-        import numpy as np
-
-        t = len(spatial)
-        backward = branch.startswith("backward")
-        order = range(t - 1, -1, -1) if backward else range(t)
-        zeros_feat = np.zeros_like(spatial[0])
-        zeros_flow = np.zeros((spatial[0].shape[0], 2, *spatial[0].shape[2:]), dtype=np.float32)
-        feat_n1 = feat_n2 = zeros_feat
-        flow_prev = zeros_flow
-        for i, idx in enumerate(order):
-            flow_n1 = zeros_flow if i == 0 else (flows[idx] if backward else flows[idx - 1])
-            gates = np.array([float(i > 0), float(i > 1)], dtype=np.float32)
-            inputs = dict(current=spatial[idx], feat_n1=feat_n1, feat_n2=feat_n2, flow_n1=flow_n1,
-                          flow_prev=flow_prev, gates=gates)
-            inputs.update({f"prev_{k}": p[idx] for k, p in enumerate(previous)})
-            feat = self._run(f"step_{branch}", **inputs)[0]
-            if i > 0:
-                flow_prev = flow_n1
-            feat_n2, feat_n1 = feat_n1, feat
-            yield idx, feat
 
 
 # ---- with the segment machinery ----------------------------------------------------------------

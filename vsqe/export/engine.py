@@ -17,6 +17,13 @@ and builder optimisation level. Any change gives another file, and a file is use
 .json equals the key, so a stale engine is never loaded. :func:`engine_key` is a pure function
 of its inputs (tests/trt check it without TensorRT).
 
+BasicVSR++ builds one engine per step graph (export/basicvsrpp_onnx.py: features, flow, four
+branch steps, reconstruct), each a plain ONNX file keyed like any other: model
+``<name>.<graph>``, the set's frame shape [N, 1, C, H, W] as the profile, the graph's first input
+as input name. :func:`plan_step_engines` (pure) lists a set's engines, I/O shapes and files;
+:func:`ensure_step_engines` exports (once per weights and size, indexed like single files) and
+builds what the cache lacks.
+
 fp16: TensorRT 11 networks are strongly typed (no FP16 builder flag): the engine is built from
 the fp16 ONNX (export.onnx.convert_fp16, DCN/offsets/flows/last conv kept fp32). TensorRT 10
 builds the fp32 ONNX with BuilderFlag.FP16 and pins the same nodes to fp32 with precision
@@ -37,7 +44,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vsqe.export.basicvsrpp_onnx import StepShapes
 
 Shape5 = tuple[int, int, int, int, int]
 Precision = Literal["fp32", "fp16"]
@@ -438,6 +448,22 @@ def _pin_fp32_layers(network, names: Sequence[str]) -> int:
     return pinned
 
 
+def _add_profile(builder, network, config, key: EngineKey) -> None:
+    """An optimisation profile for a dynamic-shape input. A static network needs none (TensorRT
+    makes a default one), and a step graph's inputs do not have the 5-D frame shape its key
+    records, so static networks get no profile."""
+    shapes = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    dynamic = [name for name, shape in shapes.items() if any(d < 0 for d in shape)]
+    if not dynamic:
+        return
+    if dynamic != [key.input_name]:
+        raise EngineError(f"dynamic inputs {dynamic}: only {key.input_name!r} has a profile")
+    p = key.profile
+    profile = builder.create_optimization_profile()
+    profile.set_shape(key.input_name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     key: EngineKey,
@@ -478,10 +504,7 @@ def build_engine(
             config.set_flag(trt.BuilderFlag.FP16)
             config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
             _pin_fp32_layers(network, fp32_nodes)
-        profile = builder.create_optimization_profile()
-        p = key.profile
-        profile.set_shape(key.input_name, p.min, p.opt, p.max)
-        config.add_optimization_profile(profile)
+        _add_profile(builder, network, config, key)
         timing_blob = paths.timing.read_bytes() if paths.timing.is_file() else b""
         timing = config.create_timing_cache(timing_blob)
         config.set_timing_cache(timing, ignore_mismatch=False)
@@ -551,10 +574,37 @@ def prepare_onnx(module, spec, request: EngineRequest):
     dynamic = not p.is_static
     proto = vx.export_module(module, spec, shape, dynamic=dynamic, dcn="plugin" if request.dcn == "plugin" else "onnx",
                              max_size=(p.max[3], p.max[4]) if dynamic else None)
+    return _for_precision(proto, request.precision)
+
+
+def _for_precision(proto, precision: Precision):
+    """(the ONNX to build, the nodes a TensorRT 10 fp16 build pins to fp32): TensorRT 11 is
+    strongly typed, so its fp16 engines are built from the fp16 ONNX; TensorRT 10 builds the fp32
+    ONNX with the FP16 flag."""
+    from vsqe.export import onnx as vx
+
     keep = vx.fp32_node_names(proto)
-    if request.precision == "fp16" and tensorrt_major() >= 11:
+    if precision == "fp16" and tensorrt_major() >= 11:
         proto = vx.convert_fp16(proto)
     return proto, keep
+
+
+def require_tensorrt(what: str) -> None:
+    """Raises EngineError with one line (the backend's wording) when tensorrt does not import."""
+    reason = tensorrt_missing()
+    if reason:
+        raise EngineError(f"{what} needs TensorRT: {reason}")
+
+
+def _plugin_for(dcn: DcnPath) -> Path | None:
+    """Our plugin library for --dcn plugin (an error if it is not found), None for native."""
+    if dcn != "plugin":
+        return None
+    plugin = plugin_library()
+    if plugin is None:
+        raise EngineError(f"--dcn plugin: {PLUGIN_LIBRARY_NAME} not found (build it with -DTENSORRT_ROOT, "
+                          "or set VSQE_TRT_PLUGIN; docs/tensorrt.md)")
+    return plugin
 
 
 def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) -> tuple[Path, EngineKey]:
@@ -564,6 +614,7 @@ def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) 
     is in the cache (see model_fingerprint); its SHA-256 keys the engine."""
     from vsqe.export import onnx as vx
 
+    require_tensorrt(f"building the TensorRT engine of {request.model_name}")
     cache = Path(request.cache_dir)
     major = tensorrt_major()
     fingerprint = model_fingerprint(module, request.profile, request.precision, request.dcn, major)
@@ -585,10 +636,7 @@ def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) 
         onnx_path = vx.save_onnx(proto, onnx_cache_path(cache, request.model_name, digest))
         write_atomic(index, json.dumps({"onnx": str(onnx_path), "onnx_sha256": digest, "fp32_nodes": list(keep),
                                         "input": input_name}).encode())
-    plugin = plugin_library() if request.dcn == "plugin" else None
-    if request.dcn == "plugin" and plugin is None:
-        raise EngineError(f"--dcn plugin: {PLUGIN_LIBRARY_NAME} not found (build it with -DTENSORRT_ROOT, "
-                          "or set VSQE_TRT_PLUGIN; docs/tensorrt.md)")
+    plugin = _plugin_for(request.dcn)
     dev = device_info(request.device)
     key = engine_key(
         request.model_name, digest, request.profile, precision=request.precision, dcn=request.dcn,
@@ -605,6 +653,156 @@ def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) 
     with torch.cuda.device(request.device):
         path = build_engine(onnx_path, key, cache, fp32_nodes=keep, plugin_path=plugin, verbose=request.verbose)
     return path, key
+
+
+# ---- BasicVSR++: one engine per step graph ----------------------------------------------------
+#
+# A recurrent model is not built as one unrolled segment graph (tied to one T, growing with it)
+# but as its seven static step graphs (export/basicvsrpp_onnx.py), each a plain ONNX file with its
+# own engine and cache key; backends/tensorrt.py runs StepLoop over them.
+
+
+@dataclass(frozen=True)
+class StepEngine:
+    """One engine of a BasicVSR++ step set: the graph, its I/O names and shapes (graph_io), its
+    key, the ONNX file it is built from and its cache files."""
+
+    graph: str
+    inputs: dict[str, tuple[int, ...]]
+    outputs: dict[str, tuple[int, ...]]
+    key: EngineKey
+    onnx: Path
+    paths: CachePaths
+
+
+def step_engine_model(model: str, graph: str) -> str:
+    """The model name in a step engine's key and file names: `basicvsrpp.step_forward_1`."""
+    return f"{model}.{graph}"
+
+
+def step_profile(shapes: "StepShapes") -> Profile:
+    """The frame shape a step set serves, [N, 1, C, H, W]: the readable profile of every key of
+    the set (each graph's own input shapes follow from its ONNX, whose SHA-256 is in the key)."""
+    return Profile.static((shapes.batch, 1, shapes.in_channels, shapes.height, shapes.width))
+
+
+def plan_step_engines(
+    model: str,
+    shapes: "StepShapes",
+    onnx_sha256: Mapping[str, str],
+    cache_dir: str | os.PathLike,
+    *,
+    precision: Precision,
+    dcn: DcnPath,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: tuple[int, int],
+    plugin_sha256: str | None = None,
+    workspace_mb: int | None = None,
+    opt_level: int = 3,
+) -> tuple[StepEngine, ...]:
+    """The engines of a step set, in GRAPH_NAMES order (pure: no file, TensorRT or GPU touched).
+
+    `onnx_sha256` maps each graph to the SHA-256 of the ONNX it is built from (fp16 ONNX for
+    fp16 on TensorRT 11), which keys its engine like any single-model engine."""
+    from vsqe.export.basicvsrpp_onnx import GRAPH_NAMES, graph_io
+
+    missing = [g for g in GRAPH_NAMES if g not in onnx_sha256]
+    if missing:
+        raise ValueError(f"no ONNX SHA-256 for step graphs {', '.join(missing)}")
+    plan = []
+    for graph in GRAPH_NAMES:
+        inputs, outputs = graph_io(graph, shapes)
+        name = step_engine_model(model, graph)
+        key = engine_key(
+            name, onnx_sha256[graph], step_profile(shapes), precision=precision, dcn=dcn, trt_version=trt_version,
+            gpu_name=gpu_name, compute_capability=compute_capability, plugin_sha256=plugin_sha256,
+            workspace_mb=workspace_mb, opt_level=opt_level, input_name=next(iter(inputs)),
+        )
+        plan.append(StepEngine(graph, inputs, outputs, key, onnx_cache_path(cache_dir, name, onnx_sha256[graph]),
+                               cache_paths(cache_dir, key)))
+    return tuple(plan)
+
+
+def step_set_fingerprint(module, shapes: "StepShapes", precision: str, dcn: str, trt_major: int) -> str:
+    """model_fingerprint for a step set: also keyed by the step export code."""
+    from vsqe.export import basicvsrpp_onnx as bo
+
+    h = hashlib.sha256(model_fingerprint(module, step_profile(shapes), precision, dcn, trt_major).encode())
+    h.update(b"|steps|")
+    h.update(Path(bo.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def _read_step_index(index: Path) -> dict[str, dict] | None:
+    """The step set's ONNX files recorded in `index`, if every one is there and unchanged."""
+    from vsqe.export.basicvsrpp_onnx import GRAPH_NAMES
+
+    try:
+        graphs = json.loads(index.read_text())["graphs"]
+        if all(file_sha256(graphs[g]["onnx"]) == graphs[g]["onnx_sha256"] for g in GRAPH_NAMES):
+            return graphs
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _step_onnx(module, shapes: "StepShapes", request: EngineRequest, force: bool) -> dict[str, dict]:
+    """graph -> {onnx, onnx_sha256, fp32_nodes}: exported once per weights, size, precision and
+    export code (the index in onnx/ finds an earlier export), like ensure_engine's single file."""
+    from vsqe.export import basicvsrpp_onnx as bo
+    from vsqe.export import onnx as vx
+
+    cache = Path(request.cache_dir)
+    fingerprint = step_set_fingerprint(module, shapes, request.precision, request.dcn, tensorrt_major())
+    index = cache / "onnx" / f"{fingerprint}.json"
+    found = None if force else _read_step_index(index)
+    if found is not None:
+        return found
+    sys.stderr.write(f"vsqe: exporting {request.model_name} to ONNX for TensorRT ({len(bo.GRAPH_NAMES)} step graphs)\n")
+    sys.stderr.flush()
+    protos = bo.export_steps(module, shapes.height, shapes.width, batch=shapes.batch,
+                             dcn="plugin" if request.dcn == "plugin" else "onnx")
+    graphs = {}
+    for graph, proto in protos.items():
+        proto, keep = _for_precision(proto, request.precision)
+        digest = vx.onnx_sha256(proto)
+        path = vx.save_onnx(proto, onnx_cache_path(cache, step_engine_model(request.model_name, graph), digest))
+        graphs[graph] = {"onnx": str(path), "onnx_sha256": digest, "fp32_nodes": list(keep)}
+    write_atomic(index, json.dumps({"graphs": graphs}).encode())
+    return graphs
+
+
+def ensure_step_engines(module, request: EngineRequest, *, force: bool = False) -> tuple[StepEngine, ...]:
+    """The cached engines of a BasicVSR++ module's step graphs for the frame size of
+    request.profile (static; T is ignored: one set serves any segment length), each built if
+    missing. Needs TensorRT + GPU."""
+    from vsqe.export import basicvsrpp_onnx as bo
+
+    require_tensorrt(f"building the TensorRT engines of {request.model_name}")
+    if not request.profile.is_static:
+        raise EngineError(f"{request.model_name}: BasicVSR++ step engines have static shapes only")
+    n, _, _, h, w = request.profile.opt
+    shapes = bo.step_shapes(module, h, w, batch=n)
+    graphs = _step_onnx(module, shapes, request, force)
+    plugin = _plugin_for(request.dcn)
+    dev = device_info(request.device)
+    plan = plan_step_engines(
+        request.model_name, shapes, {g: e["onnx_sha256"] for g, e in graphs.items()}, request.cache_dir,
+        precision=request.precision, dcn=request.dcn, trt_version=tensorrt_version(), gpu_name=dev.name,
+        compute_capability=dev.compute_capability, plugin_sha256=file_sha256(plugin) if plugin else None,
+        workspace_mb=request.workspace_mb, opt_level=request.opt_level,
+    )
+    import torch
+
+    for engine in plan:
+        if not force and cached_engine(request.cache_dir, engine.key) is not None:
+            continue
+        with torch.cuda.device(request.device):
+            entry = graphs[engine.graph]  # the file the index verified (engine.onnx names the same one)
+            build_engine(entry["onnx"], engine.key, request.cache_dir, fp32_nodes=entry["fp32_nodes"],
+                         plugin_path=plugin, verbose=request.verbose)
+    return plan
 
 
 def _first_line(exc: BaseException) -> str:
