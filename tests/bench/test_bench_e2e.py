@@ -48,6 +48,19 @@ def test_accuracy_check(vsqe_cli, shared_data: Path):
     assert abs(float(rows[1][4])) < 0.1 and rows[1][6] in ("yes", "**NO**")
 
 
+def test_accuracy_check_of_a_pqf_model(vsqe_cli, shared_data: Path):
+    """MFQEv2-Y with its shipped weights: PQFs from the stream's slice QPs, as `vsqe run` finds them
+    (the accuracy check once asked the decoded frames for QPs and stopped at frame 0)."""
+    result = vsqe_cli("bench", "--accuracy", "--model", "mfqev2-y", "--clips", "city_416x240", "--frames", "5",
+                      "--backend", "torch-bf16", "--threads", "1", "--data", shared_data, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout, "torch-fp32") + _rows(result.stdout, "torch-bf16")
+    assert [r[1] for r in rows] == ["torch-fp32", "torch-bf16"]
+    assert float(rows[0][3]) > 0.1  # the trained networks gain on the first frames of the HM city stream
+    assert "Weights: " in result.stdout and "mfqev2_y_qp37.safetensors + " in result.stdout and "untrained" not in result.stdout
+    assert abs(float(rows[1][4])) < 0.1
+
+
 def test_unknown_bench_backend_is_one_line(vsqe_cli):
     result = vsqe_cli("bench", "--backend", "nope", "--size", "40x24", "--quick")
     assert result.returncode == 2

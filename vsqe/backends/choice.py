@@ -41,10 +41,17 @@ MEASURED_FPS: dict[str, tuple[tuple[int, str, dict[str, float]], ...]] = {
     "stdf": _STDF_FPS,
     # Same network with 3 input/output channels instead of 1: the dense middle dominates its cost.
     "stdf-rgb": _STDF_FPS,
+    # MFQEv2-Y (session 5, quiet, shipped weights): bf16 1.9-2.0x fp32 at every size measured.
+    "mfqev2-y": (
+        (416 * 240, "416x240", {"torch-bf16": 3.76, "torch-fp32": 1.96}),
+        (832 * 480, "832x480", {"torch-bf16": 0.97, "torch-fp32": 0.54}),
+        (1280 * 720, "1280x720", {"torch-bf16": 0.45, "torch-fp32": 0.22}),
+    ),
 }
 # Models whose bf16 paths were checked against fp32's ΔPSNR on the dev clips (within 0.003 dB with
-# the iteration-3,500 and -6,250 stdf weights, bound 0.02; docs/benchmarks.md, sessions 2 and 3).
-BF16_CHECKED = frozenset({"stdf", "stdf-rgb"})
+# the iteration-3,500 and -6,250 stdf weights, bound 0.02; docs/benchmarks.md, sessions 2 and 3;
+# mfqev2-y's shipped weights within 0.0017 dB, session 5).
+BF16_CHECKED = frozenset({"stdf", "stdf-rgb", "mfqev2-y"})
 
 # Peak RSS (MB) of `vsqe run` (HEVC decode, STDF-Y, x265 encode to .mkv) against the pixels of one
 # model call, measured whole-frame and tiled: docs/benchmarks.md "Session 3" (OpenVINO) and

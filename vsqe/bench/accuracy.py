@@ -24,12 +24,16 @@ BOUND_DB = 0.02  # issue 4
 
 @dataclass
 class AccuracyRow:
+    """One backend on one clip; `weights`: the files it ran (shipped defaults included, the PQF
+    network's after a "+"), "" for random weights."""
+
     clip: str
     backend: str
     frames: int
     delta_psnr: float  # Y, dB: enhanced - compressed
     vs_fp32: float | None  # delta_psnr - fp32's delta_psnr (None for fp32 itself)
     max_abs_levels: int | None  # max |out - fp32 out| over the luma planes, in code values
+    weights: str = ""
 
     @property
     def within_bound(self) -> bool | None:
@@ -45,11 +49,19 @@ def clip_paths(data_dir: Path, clip: str) -> tuple[Path, Path]:
 
 
 def enhance_clip(enhancer, dist: Path, frames: int | None) -> list:
-    """The enhanced frames of `dist` (at most `frames`), as `vsqe run` makes them."""
+    """The enhanced frames of `dist` (at most `frames`), as `vsqe run` makes them: PQF models
+    with PQFs from the stream's slice QPs and their look-ahead (`vsqe run --pqf qp`)."""
     from vsqe.io.decode import open_video
 
     with open_video(str(dist)) as reader:
-        return list(enhancer.enhance_stream(itertools.islice(reader, frames)))
+        source = itertools.islice(reader, frames)
+        if enhancer.spec.temporal != "pqf":
+            return list(enhancer.enhance_stream(source))
+        from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags
+
+        flags = qp_flags(bitstream_qps(str(dist), frames))
+        enhancer.pqf_lookahead = default_lookahead(flags)
+        return list(enhancer.enhance_pqf_stream(source, flags))
 
 
 def score_clip(ref: Path, dist: Path, enhanced: list, frames: int | None) -> float:
@@ -100,21 +112,23 @@ def check_accuracy(
             with context:
                 enhanced = enhance_clip(enhancer, dist, frames)
             delta = score_clip(ref, dist, enhanced, frames)
+            loaded = " + ".join(str(w) for w in (enhancer.weights_path, getattr(enhancer, "pqf_weights_path", None)) if w)
             if base is None:
                 base, base_delta = enhanced, delta
-                rows.append(AccuracyRow(clip, name, len(enhanced), delta, None, None))
+                rows.append(AccuracyRow(clip, name, len(enhanced), delta, None, None, loaded))
             else:
                 rows.append(AccuracyRow(clip, name, len(enhanced), delta, delta - base_delta,
-                                        max_abs_levels(enhanced, base)))
+                                        max_abs_levels(enhanced, base), loaded))
     return rows
 
 
 def format_accuracy(model: str, weights: str | None, rows: list[AccuracyRow], command: str) -> str:
+    loaded = rows[0].weights if rows else (weights or "")
     lines = [
         f"### {model}: accuracy of the fast paths (ΔPSNR against fp32's)",
         "",
         f"Command: `{command}`  ",
-        f"Weights: {weights or 'untrained (random, --allow-untrained): the figures say nothing about quality'}  ",
+        f"Weights: {loaded or 'untrained (random, --allow-untrained): the figures say nothing about quality'}  ",
         f"Bound (issue 4): |ΔPSNR(backend) − ΔPSNR(fp32)| < {BOUND_DB} dB",
         "",
         "| clip | backend | frames | ΔPSNR Y dB | − fp32 dB | max abs diff (levels) | within bound |",
