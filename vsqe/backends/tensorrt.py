@@ -38,7 +38,7 @@ from vsqe.errors import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover
     from vsqe.export.basicvsrpp_onnx import StepLoop, StepShapes
-    from vsqe.export.engine import StepEngine
+    from vsqe.export.engine import EngineRequest, StepEngine
 
 
 def unavailable_reason(what: str = "backend 'trt'") -> str | None:
@@ -311,6 +311,17 @@ class TensorRTBackend:
         self._step_loops: dict[tuple[int, ...], "StepLoop"] = {}
         self._step_lock = threading.Lock()  # one StepLoop call at a time: contexts and stream are shared
 
+    def _request(self, shape: tuple[int, ...]) -> "EngineRequest":
+        """This backend's engine request for one static input shape (a whole graph's, or a step
+        set's with T = 1)."""
+        from vsqe.export.engine import EngineRequest, Profile
+
+        return EngineRequest(
+            model_name=self.model_name, profile=Profile.static(shape), precision=self.precision,  # type: ignore[arg-type]
+            dcn=self.dcn, workspace_mb=self.workspace_mb, cache_dir=self.cache_dir,  # type: ignore[arg-type]
+            device=self.device.index or 0,
+        )
+
     def _runner(self, shape: tuple[int, ...]) -> _Runner:
         runner = self._runners.get(shape)
         if runner is not None:
@@ -318,13 +329,9 @@ class TensorRTBackend:
         with self._build_lock:
             runner = self._runners.get(shape)
             if runner is None:
-                from vsqe.export.engine import EngineError, EngineRequest, Profile, ensure_engine, load_engine, plugin_library
+                from vsqe.export.engine import EngineError, ensure_engine, load_engine, plugin_library
 
-                request = EngineRequest(
-                    model_name=self.model_name, profile=Profile.static(shape), precision=self.precision,  # type: ignore[arg-type]
-                    dcn=self.dcn, workspace_mb=self.workspace_mb, cache_dir=self.cache_dir,  # type: ignore[arg-type]
-                    device=self.device.index or 0,
-                )
+                request = self._request(shape)
                 try:
                     path, key = ensure_engine(self.model, None, request)
                     runtime, engine = load_engine(path, key, plugin_library() if self.dcn == "plugin" else None)
@@ -344,14 +351,10 @@ class TensorRTBackend:
         with self._build_lock:
             loop = self._step_loops.get(key)
             if loop is None:
-                from vsqe.export.engine import EngineError, EngineRequest, Profile
+                from vsqe.export.engine import EngineError
                 from vsqe.export.onnx import ExportError
 
-                request = EngineRequest(
-                    model_name=self.model_name, profile=Profile.static((n, 1, c, h, w)), precision=self.precision,  # type: ignore[arg-type]
-                    dcn=self.dcn, workspace_mb=self.workspace_mb, cache_dir=self.cache_dir,  # type: ignore[arg-type]
-                    device=self.device.index or 0,
-                )
+                request = self._request((n, 1, c, h, w))
                 try:
                     loop = step_loop(self.model, request, self.device)
                 except (EngineError, ExportError) as exc:
