@@ -106,6 +106,22 @@ def test_threshold_table_follows_memory_per_pixel():
     assert tile_for("trt", 1088, 1920) is None and tile_for("trt", 2160, 3840) == choice.FALLBACK_TILE
 
 
+def test_a_model_with_its_own_memory_row_tiles_where_stdf_does_not():
+    # MFQEv2-Y holds ~4x STDF-Y's memory per pixel (session 5: 9.6 GB at 1080p in bf16), so its row,
+    # not the backend's STDF row, decides: 1080p and 720p tile, the dev-clip sizes run whole.
+    assert tile_for("torch-bf16", 1080, 1920) is None
+    for name in ("torch-bf16", "torch-fp32"):
+        assert tile_for(name, 1080, 1920, "mfqev2-y") == tile_side(name)
+        assert tile_for(name, 720, 1280, "mfqev2-y") == tile_side(name)
+        assert tile_for(name, 480, 832, "mfqev2-y") is None
+        tile = tile_side(name)
+        assert estimated_rss_mb(name, tile * tile, "mfqev2-y") <= choice.MEMORY_BUDGET_MB
+    mfqe = Capabilities(bf16=True, model="mfqev2-y")
+    assert "tiled" in choose(mfqe, HD).reason and choose(mfqe, WVGA).name == "torch-bf16"
+    # a model without a row falls back to the backend's
+    assert untiled_pixel_limit("torch-bf16", "stdf") == untiled_pixel_limit("torch-bf16")
+
+
 class _Fake:
     def __init__(self, name: str, fail: bool = False) -> None:
         self.name, self.fail, self.calls = name, fail, 0
@@ -158,3 +174,13 @@ def test_auto_raises_when_the_last_resort_fails():
     auto, _ = _auto(Capabilities(bf16=False, openvino=False), failing={"torch-fp32"})
     with pytest.raises(RuntimeError, match="cannot convert"):
         auto(torch.zeros(1, 7, 1, 16, 16))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch-fp32"])
+def test_the_enhancer_asks_with_its_model_name(backend):
+    from vsqe.pipeline.enhancer import Enhancer
+
+    enhancer = Enhancer(model="mfqev2-y", backend=backend, threads=1)
+    assert enhancer._tile_for(1080, 1920) is not None  # auto: on STDF's row bf16 would run it whole
+    assert enhancer._tile_for(1080, 1920, enhancer.pqf_backend) is not None
+    assert enhancer._tile_for(480, 832) is None

@@ -37,7 +37,7 @@ class AutoBackend:
 
     def tile_for(self, height: int, width: int) -> int | None:
         """The Enhancer's tile for a frame: the one the backend chosen for the whole frame needs."""
-        return tile_for(self.choice(height * width).name, height, width)
+        return tile_for(self.choice(height * width).name, height, width, self.caps.model)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -66,6 +66,16 @@ RSS_MB: dict[str, tuple[tuple[int, float], ...]] = {
     "openvino-fp32": ((832 * 480, 2613), (1280 * 720, 3114), (1920 * 1088, 10109)),
     "openvino-bf16": ((832 * 480, 2746), (1280 * 720, 3532), (1088 * 1088, 6630), (1920 * 1088, 10865)),
 }
+# Models that hold far more per pixel than STDF-Y get their own rows (the backend table above is
+# the fallback). MFQEv2-Y: model-only peak RSS of `vsqe bench` (one process per backend, sizes in
+# increasing order; session 5, shipped weights): SpyNet's pyramids, the aligned frames and the
+# dense 288-channel concat; bf16 autocast keeps fp32 and bf16 copies, so it is no smaller.
+RSS_MB_BY_MODEL: dict[str, dict[str, tuple[tuple[int, float], ...]]] = {
+    "mfqev2-y": {
+        "torch-fp32": ((416 * 240, 1127), (832 * 480, 2423), (1280 * 720, 5857)),
+        "torch-bf16": ((416 * 240, 1168), (832 * 480, 2646), (1280 * 720, 4793), (1920 * 1080, 9622)),
+    },
+}
 # The tile a backend uses above its untiled limit. A tiled run also holds the whole frames (decode
 # queue, window, x265's look-ahead at the frame size: ~0.75 GB more at 1080p than the whole-frame
 # table says for the tile alone), so these are measured, not derived: openvino-bf16 with 768-px
@@ -132,9 +142,14 @@ def candidates(caps: Capabilities) -> list[str]:
     return [n for n in PREFERENCE if n in names and n not in caps.excluded]
 
 
-def estimated_rss_mb(name: str, pixels: int) -> float | None:
+def _rss_points(name: str, model: str) -> tuple[tuple[int, float], ...] | None:
+    """The (pixels, MB) points of `name` running `model`: the model's own row, else the backend's."""
+    return RSS_MB_BY_MODEL.get(model, {}).get(name) or RSS_MB.get(name)
+
+
+def estimated_rss_mb(name: str, pixels: int, model: str = "") -> float | None:
     """Peak RSS of a run whose model calls have `pixels` pixels (None: not in the table)."""
-    points = RSS_MB.get(name)
+    points = _rss_points(name, model)
     if points is None:
         return None
     if pixels <= points[0][0]:
@@ -146,9 +161,9 @@ def estimated_rss_mb(name: str, pixels: int) -> float | None:
     return m0 + (m1 - m0) * (pixels - p0) / (p1 - p0)
 
 
-def untiled_pixel_limit(name: str) -> int:
+def untiled_pixel_limit(name: str, model: str = "") -> int:
     """The largest call (pixels) `name` runs whole within MEMORY_BUDGET_MB."""
-    points = RSS_MB.get(name)
+    points = _rss_points(name, model)
     if points is None:
         return FALLBACK_UNTILED_PIXELS
     if points[0][1] > MEMORY_BUDGET_MB:
@@ -165,9 +180,10 @@ def tile_side(name: str) -> int:
     return TILE_SIDE.get(name, FALLBACK_TILE)
 
 
-def tile_for(name: str, height: int, width: int) -> int | None:
-    """None to run a height x width frame whole on `name`, else the tile side that keeps it in budget."""
-    return None if height * width <= untiled_pixel_limit(name) else tile_side(name)
+def tile_for(name: str, height: int, width: int, model: str = "") -> int | None:
+    """None to run a height x width frame of `model` whole on `name`, else the tile side that keeps
+    it in budget."""
+    return None if height * width <= untiled_pixel_limit(name, model) else tile_side(name)
 
 
 def _speeds(model: str, pixels: int, names: list[str]) -> tuple[str, dict[str, float]] | None:
@@ -185,9 +201,9 @@ def choose(caps: Capabilities, pixels: int) -> Choice:
     if caps.tensorrt and not caps.recurrent and "trt" not in caps.excluded:
         return Choice("trt", "TensorRT and an NVIDIA GPU are usable here")
     names = candidates(caps)
-    fits = [n for n in names if pixels <= untiled_pixel_limit(n)]
+    fits = [n for n in names if pixels <= untiled_pixel_limit(n, caps.model)]
     if not fits:
-        name = min(names, key=lambda n: estimated_rss_mb(n, pixels))
+        name = min(names, key=lambda n: estimated_rss_mb(n, pixels, caps.model))
         return Choice(name, f"no backend runs {pixels} px whole within {MEMORY_BUDGET_MB} MB: the leanest, tiled")
     dropped = [n for n in names if n not in fits]
     note = f"; {', '.join(dropped)} would pass {MEMORY_BUDGET_MB} MB whole" if dropped else ""

@@ -141,7 +141,7 @@ class Enhancer:
         backend = self.backend if backend is None else backend
         if hasattr(backend, "tile_for"):  # auto: the limit of the backend it picks for this frame
             return backend.tile_for(height, width)
-        return tile_for(backend.name, height, width)
+        return tile_for(backend.name, height, width, self.spec.name)
 
     def enhance_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """[N, T, C, H, W] float in [0, 1], any H, W -> [N, C, H, W] float (unclipped)."""
