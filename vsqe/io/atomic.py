@@ -17,7 +17,8 @@ from typing import Iterator
 from vsqe.errors import OutputError
 
 
-def _default_mode() -> int:
+def default_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp makes 0600 files)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -44,7 +45,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
         raise write_error(target, exc) from None
     try:
         yield tmp
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, target)
     except OSError as exc:
         _unlink(tmp)

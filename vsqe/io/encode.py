@@ -8,7 +8,6 @@ interleaved with the video by time.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from vsqe.errors import FormatError, OutputError
+from vsqe.io.atomic import default_mode, write_error
 from vsqe.io.formats import ColorInfo, PixelFormat, VideoFrame, planes_to_av
 from vsqe.io.raw import RawWriter
 from vsqe.io.y4m import Y4MWriter
@@ -114,23 +114,6 @@ def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike]) 
         raise OutputError(f"output folder is not writable: {folder}")
 
 
-def _write_error(path: str, exc: BaseException) -> OutputError:
-    code = getattr(exc, "errno", None)
-    if code == errno.ENOSPC:
-        return OutputError(f"disk full while writing {path}; nothing was kept")
-    if code == errno.EFBIG:
-        return OutputError(f"file too large for this file system or limit while writing {path}; nothing was kept")
-    text = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip().splitlines()[0]
-    return OutputError(f"cannot write {path}: {text}")
-
-
-def _default_mode() -> int:
-    # mkstemp makes 0600 files; a finished output gets the mode a plain open() would give it.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 class VideoWriter:
     """Context manager: `with VideoWriter(...) as w: w.write(frame)`; complete or nothing."""
 
@@ -210,7 +193,7 @@ class VideoWriter:
         try:
             self._container = av.open(self._tmp, "w", format=plan.muxer)
         except (av.error.FFmpegError, OSError) as exc:
-            raise _write_error(plan.path, exc) from None
+            raise write_error(plan.path, exc) from None
         stream = self._container.add_stream(plan.encoder, rate=info.frame_rate)
         _check_encoder_format(plan.encoder, info.fmt)  # type: ignore[arg-type]
         _check_encoder_size(plan.codec, info.fmt, info.width, info.height)
@@ -286,7 +269,7 @@ class VideoWriter:
         except BrokenPipeError:
             raise  # stdout's reader went away: not a write failure of ours (the CLI exits quietly)
         except (OSError, *_av_errors()) as exc:
-            raise _write_error(self.plan.path, exc) from None
+            raise write_error(self.plan.path, exc) from None
         self.frames_written += 1
 
     def _encode(self, frame: VideoFrame) -> None:
@@ -333,12 +316,12 @@ class VideoWriter:
             elif self._file is not None:
                 self._file.flush()
             if self._tmp is not None:
-                os.chmod(self._tmp, _default_mode())
+                os.chmod(self._tmp, default_mode())  # mkstemp made it 0600
                 os.replace(self._tmp, self.plan.path)
                 self._tmp = None
         except (OSError, *_av_errors()) as exc:
             self.abort()
-            raise _write_error(self.plan.path, exc) from None
+            raise write_error(self.plan.path, exc) from None
         except BaseException:
             self.abort()
             raise
