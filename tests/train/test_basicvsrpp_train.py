@@ -105,7 +105,7 @@ def test_train_resume_validate_export_and_run(scaffold, tmp_path, shared_file, m
     # validation at iteration 3 (uninterrupted run only): the first 3 frames of city through the
     # Enhancer's segments; the other run stopped after 2 iterations (its last checkpoint)
     full, resumed = scaffold.train_and_resume(3, val_every=3, val_clips=("city_416x240",), val_frames=3)
-    assert not full.cfg.batchnorm  # not applicable to the recurrent model (trainer.py says why)
+    assert full.cfg.batchnorm  # per-frame parts only (bn.add_batchnorm_per_frame)
     val = json.loads((Path(full.cfg.out) / "val.jsonl").read_text().splitlines()[-1])
     assert val["iteration"] == 3 and set(val["per_clip"]) == {"city_416x240"}
     assert val["psnr_in"]["city_416x240"] > 20 and "worst_frame" in val

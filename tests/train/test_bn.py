@@ -45,3 +45,30 @@ def test_folded_weights_load_into_plain_stdf_and_match_eval_output():
         a, b = with_bn(x), plain(x)
     assert (a - b).abs().max() < 1e-4
     assert (a - x[:, 3]).abs().max() > 1e-3  # the BN really changed something
+
+
+def test_basicvsrpp_per_frame_bn_stays_out_of_the_recurrence_and_folds_exactly():
+    from vsqe.models.basicvsrpp import BasicVSRPlusPlus
+    from vsqe.train.bn import add_batchnorm_per_frame
+
+    torch.manual_seed(0)
+    make = lambda: BasicVSRPlusPlus(8, 1, is_low_res_input=False, hr_channels=8, in_channels=1,  # noqa: E731
+                                    extract_blocks=1, reconstruction_blocks=1)
+    plain, with_bn = make().eval(), make()
+    with_bn.load_state_dict(plain.state_dict())
+    n = add_batchnorm_per_frame(with_bn)
+    # feat_extract: 2 strided convs + the input conv + 1 block's conv1; reconstruction: input conv + conv1
+    assert n == 6
+    for name, m in with_bn.named_modules():
+        if isinstance(m, ConvBN2d):
+            assert name.startswith(("feat_extract.", "reconstruction.")), name
+    assert not any(isinstance(m, ConvBN2d) for m in with_bn.backbone.modules())
+    _randomise_bn(with_bn)
+    with_bn.eval()
+    sd = folded_state_dict(with_bn)
+    assert set(sd) == set(plain.state_dict())
+    plain.load_state_dict(sd, strict=True)
+    x = torch.rand(1, 2, 1, 256, 256)  # the QE layout's minimum size (SpyNet sees 64x64)
+    with torch.no_grad():
+        a, b = with_bn(x), plain(x)
+    assert (a - b).abs().max() < 1e-4

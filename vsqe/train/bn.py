@@ -101,3 +101,37 @@ def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             if k.startswith(f"{name}.bn."):
                 del sd[k]
     return sd
+
+
+# BasicVSR++'s per-frame parts: the feature extraction before the recurrence and the
+# reconstruction after it (the published QE layout, vsqe/models/basicvsrpp.py).
+RECURRENT_PER_FRAME = ("feat_extract", "reconstruction")
+
+
+def add_batchnorm_per_frame(model: nn.Module, roots: tuple[str, ...] = RECURRENT_PER_FRAME) -> int:
+    """BasicVSR++: BN after every conv that feeds an activation in the per-frame parts only.
+
+    The same cure as `add_batchnorm` (BasicVSR++-Y from scratch sat at the identity: output
+    residual 0.5 -> 0.03 levels and ΔPSNR 0.000 over its first 1,000 iterations, docs/training.md
+    §8), kept out of the propagation branches: there each step's features would be normalised
+    with the statistics of that step of a small training batch, while inference folds one fixed
+    affine map into every step of 40-frame segments. Per frame, training batches and inference
+    frames see the same kind of statistics, as in STDF. Matches conv -> ReLU/LeakyReLU inside an
+    nn.Sequential and the first conv of each residual block (conv1 -> relu -> conv2)."""
+    from vsqe.models.basicvsrpp import ResidualBlockNoBN
+
+    count = 0
+    for root in roots:
+        for m in list(getattr(model, root).modules()):
+            if isinstance(m, nn.Sequential):
+                names = list(m._modules)
+                for a, b in zip(names, names[1:]):
+                    conv, act = m._modules[a], m._modules[b]
+                    if type(conv) is nn.Conv2d and isinstance(act, (nn.ReLU, nn.LeakyReLU)):
+                        m._modules[a] = _with_bn(conv)
+                        count += 1
+            elif isinstance(m, ResidualBlockNoBN) and type(m.conv1) is nn.Conv2d:
+                m.conv1 = _with_bn(m.conv1)
+                count += 1
+    return count
+

@@ -173,6 +173,10 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.M
     model = spec.build()
     if spec.temporal == "recurrent":
         _recurrent_for_training(model)
+        if batchnorm:
+            from vsqe.train.bn import add_batchnorm_per_frame
+
+            add_batchnorm_per_frame(model)
         return model
     if not hasattr(model, "radius"):
         model.radius = spec.radius  # index of the frame to enhance in the input (MFQEv2: 1)
@@ -197,12 +201,9 @@ def _recurrent_for_training(model: torch.nn.Module) -> None:
     """BasicVSR++ for training: every output frame is compared (radius None), 64-px patches are
     allowed (16-px flow inputs), and each alignment's DCN runs as grid_sample in fp32.
 
-    No training-only BN: bn.py's rule (conv followed by an nn.ReLU module inside a Sequential)
-    matches no layer here (LeakyReLU modules; a functional ReLU inside the residual blocks), and
-    BN inside the recurrence would normalise each propagation step with the statistics of a small
-    batch of 64-128-px patches while inference runs whole frames over 40-frame segments: a
-    train/inference mismatch the fold cannot remove. The published residual blocks (init x0.1)
-    are this network's conditioning."""
+    Training-only BN (`batchnorm`, build_train_model) goes into the per-frame parts only
+    (bn.add_batchnorm_per_frame says why not into the recurrence); runs from before session 5
+    trained without any (their config says batchnorm false)."""
     model.radius = None
     model.min_flow_size = 16
     for align in model.deform_align.values():
@@ -382,9 +383,6 @@ class Trainer:
             clip_ids = json.loads(clips_file.read_text())
         self.pqf_model = is_pqf_model(cfg.model)
         self.recurrent = is_recurrent_model(cfg.model)
-        if self.recurrent and cfg.batchnorm and state is None:
-            # Not applicable (see _recurrent_for_training); the run's config says what it did.
-            cfg.batchnorm = False
         if self.recurrent:
             from vsqe.train.sequences import SegmentSampler
 
