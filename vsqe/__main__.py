@@ -1,4 +1,4 @@
 """`python -m vsqe` is the `vsqe` command."""
-from vsqe.cli import main
+from vsqe.cli import exit_process, main
 
-raise SystemExit(main())
+exit_process(main())

@@ -176,5 +176,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             signals.restore(previous)
 
 
+def exit_process(status: int) -> NoReturn:
+    """Ends the `python -m vsqe` process with `status` (main()'s).
+
+    After Ctrl-C or SIGTERM it leaves through os._exit once logs and stdio are flushed (the run's
+    own clean-up is done by then). The reason is a CPython 3.12 behaviour: under `python -m`, if a
+    KeyboardInterrupt ever ended code that ran through exec/eval of a *string* (PyRun_String),
+    the interpreter kills itself with SIGINT at exit, status -2 instead of 130, even though
+    main() caught the exception. Our handler raises wherever the main thread is, library code
+    included (seen about 1 run in 12 in tests/test_cli.py's interrupt test)."""
+    if status in (130, 128 + signal.SIGTERM) and signals.received():
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more to say on it
+                pass
+        os._exit(status)
+    raise SystemExit(status)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())

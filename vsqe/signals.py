@@ -24,6 +24,7 @@ class Terminated(KeyboardInterrupt):
 
 _pending: int | None = None
 _deferred = 0
+_received = False  # a SIGINT/SIGTERM reached our handler since install()
 
 
 def _exception_for(signum: int) -> KeyboardInterrupt:
@@ -33,8 +34,9 @@ def _exception_for(signum: int) -> KeyboardInterrupt:
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    global _pending
+    global _pending, _received
     _pending = signum
+    _received = True
     if not _deferred:
         raise _exception_for(signum)
 
@@ -75,8 +77,9 @@ def deferred() -> Iterator[None]:
 def install() -> dict[int, object]:
     """Installs the handler for SIGTERM, and for SIGINT unless it is ignored (nohup'd or
     background jobs must stay immune to Ctrl-C). Returns the previous handlers for restore()."""
-    global _pending, _previous_unraisablehook
+    global _pending, _previous_unraisablehook, _received
     _pending = None
+    _received = False
     if sys.unraisablehook is not _quiet_unraisable:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _quiet_unraisable
@@ -94,3 +97,9 @@ def restore(previous: dict[int, object]) -> None:
         signal.signal(signum, handler)  # type: ignore[arg-type]
     if sys.unraisablehook is _quiet_unraisable:
         sys.unraisablehook = _previous_unraisablehook
+
+
+def received() -> bool:
+    """Whether a SIGINT/SIGTERM reached our handler since install()."""
+    return _received
+
