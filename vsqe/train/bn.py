@@ -103,11 +103,13 @@ def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-# BasicVSR++'s per-frame parts: the feature extraction before the recurrence and the
-# reconstruction after it (the published QE layout, vsqe/models/basicvsrpp.py), and the convs of
-# the upsampling path to the output, each followed by a LeakyReLU in `_reconstruct`.
-RECURRENT_PER_FRAME = ("feat_extract", "reconstruction")
-RECURRENT_OUTPUT_PATH = ("upsample1.upsample_conv", "upsample2.upsample_conv", "conv_hr")
+# BasicVSR++'s feature extraction, the one per-frame part that reads no propagated feature. Not
+# the reconstruction or the upsampling path after it: with BN there (session 5, runs y3-y5) the
+# network learned a propagation whose features grow 2-3x per step: 2.4 -> 2e4 over 12 frames in
+# backward_1, inf by forward_2. Train-mode BN renormalised that at every call, so the loss never saw
+# it; the fixed affine of inference passed it on, and validation read -25 dB (docs/training.md §8).
+RECURRENT_PER_FRAME = ("feat_extract",)
+RECURRENT_OUTPUT_PATH: tuple[str, ...] = ()
 
 
 def add_batchnorm_per_frame(
@@ -117,15 +119,14 @@ def add_batchnorm_per_frame(
 ) -> int:
     """BasicVSR++: BN after every conv that feeds an activation in the per-frame parts only.
 
-    The same cure as `add_batchnorm` (BasicVSR++-Y from scratch sat at the identity: output
-    residual 0.5 -> 0.03 levels and ΔPSNR 0.000 over its first 1,000 iterations, docs/training.md
-    §8), kept out of the propagation branches: there each step's features would be normalised
-    with the statistics of that step of a small training batch, while inference folds one fixed
-    affine map into every step of 40-frame segments. Per frame, training batches and inference
-    frames see the same kind of statistics, as in STDF. Matches conv -> ReLU/LeakyReLU inside an
-    nn.Sequential and the first conv of each residual block (conv1 -> relu -> conv2) under
-    `roots`, and the convs named in `convs` (the output path: with BN in the reconstruction
-    only, the residual still collapsed, 0.51 -> 0.06 levels in 500 iterations)."""
+    The same cure as `add_batchnorm` for a network that sits at the identity (BasicVSR++-Y from
+    scratch: output residual 0.5 -> 0.03 levels, ΔPSNR 0.000 over its first 1,000 iterations,
+    docs/training.md §8), kept away from everything that reads propagated features: there
+    train-mode BN hides a growing propagation that inference then amplifies (the defaults above
+    say what happened). Whether BN in the feature extraction alone moves the network off the
+    identity is not measured yet. Matches conv -> ReLU/LeakyReLU inside an nn.Sequential and the
+    first conv of each residual block (conv1 -> relu -> conv2) under `roots`, and the convs
+    named in `convs`."""
     from vsqe.models.basicvsrpp import ResidualBlockNoBN
 
     count = 0
