@@ -70,6 +70,19 @@ class _Slot:
     busy: bool = False
 
 
+def _context_and_io(engine) -> tuple[object, list[str], list[str]]:
+    """(execution context, input tensor names, output tensor names) of a deserialised engine."""
+    import tensorrt as trt
+
+    context = engine.create_execution_context()
+    if context is None:
+        raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    return context, inputs, outputs
+
+
 class _Runner:
     """An engine with its execution context, streams and two buffer slots, for one input shape."""
 
@@ -78,12 +91,7 @@ class _Runner:
 
         self.runtime = runtime  # keeps the runtime alive as long as the engine
         self.engine = engine
-        self.context = engine.create_execution_context()
-        if self.context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.context, inputs, outputs = _context_and_io(engine)
         if len(inputs) != 1 or len(outputs) != 1:
             raise BackendError(f"engine has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and 1")
         self.input, self.output = inputs[0], outputs[0]
@@ -154,13 +162,10 @@ class _StepEngine:
 
         self.runtime = runtime  # keeps the runtime alive as long as the engine
         self.engine = engine
-        self.context = engine.create_execution_context()
-        if self.context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        mode = {n: engine.get_tensor_mode(n) for n in names}
-        found_in = {n: tuple(engine.get_tensor_shape(n)) for n in names if mode[n] == trt.TensorIOMode.INPUT}
-        found_out = {n: tuple(engine.get_tensor_shape(n)) for n in names if mode[n] == trt.TensorIOMode.OUTPUT}
+        self.context, in_names, out_names = _context_and_io(engine)
+        found_in = {n: tuple(engine.get_tensor_shape(n)) for n in in_names}
+        found_out = {n: tuple(engine.get_tensor_shape(n)) for n in out_names}
+        names = in_names + out_names
         if found_in != planned.inputs or found_out != planned.outputs:
             raise BackendError(f"engine {planned.paths.engine.name}: tensors {found_in} -> {found_out}, expected "
                                f"{planned.inputs} -> {planned.outputs}")
