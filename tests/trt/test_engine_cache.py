@@ -15,6 +15,7 @@ import torch
 
 from vsqe.export.engine import (
     MIN_ENGINE_BYTES,
+    BuildTarget,
     EngineKey,
     Profile,
     cache_paths,
@@ -32,12 +33,12 @@ STATIC = Profile.static((1, 7, 1, 720, 1280))
 
 
 def _key(**over) -> EngineKey:
-    args = dict(
-        model="stdf", onnx_sha256=ONNX, profile=STATIC, precision="fp16", dcn="native", trt_version="11.4.0.106",
-        gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), workspace_mb=2048,
-    )
-    args.update(over)
-    return engine_key(**args)
+    key_args = dict(model="stdf", onnx_sha256=ONNX, profile=STATIC)
+    target = dict(precision="fp16", dcn="native", trt_version="11.4.0.106", gpu_name="NVIDIA H100 80GB HBM3",
+                  compute_capability=(9, 0), workspace_mb=2048)
+    for name, value in over.items():
+        (target if name in BuildTarget.__dataclass_fields__ else key_args)[name] = value
+    return engine_key(**key_args, target=BuildTarget(**target))
 
 
 def test_key_is_deterministic():

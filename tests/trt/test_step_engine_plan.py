@@ -17,6 +17,7 @@ from vsqe.backends.tensorrt import unavailable_reason
 from vsqe.errors import BackendError
 from vsqe.export import basicvsrpp_onnx as bo
 from vsqe.export.engine import (
+    BuildTarget,
     EngineError,
     EngineRequest,
     Profile,
@@ -34,8 +35,8 @@ from vsqe.export.onnx import ExportError
 from vsqe.models import get_model_spec
 from vsqe.models.basicvsrpp import BasicVSRPlusPlus
 
-TARGET = dict(precision="fp16", dcn="native", trt_version="11.4.0.106", gpu_name="NVIDIA H100 80GB HBM3",
-              compute_capability=(9, 0), workspace_mb=4096)
+TARGET = BuildTarget(precision="fp16", dcn="native", trt_version="11.4.0.106", gpu_name="NVIDIA H100 80GB HBM3",
+                     compute_capability=(9, 0), workspace_mb=4096)
 needs_no_trt = pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT is installed here")
 needs_missing = pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are both here")
 
@@ -72,7 +73,7 @@ def _tiny() -> BasicVSRPlusPlus:
 def test_plan_for_registered_models(tmp_path, name, size, frame, feat, out):
     """Seven engines in graph order, named after model and graph, with the graphs' I/O."""
     shapes = _shapes(name, *size)
-    plan = plan_step_engines(name, shapes, _digests(), tmp_path, **TARGET)
+    plan = plan_step_engines(name, shapes, _digests(), tmp_path, TARGET)
     assert [e.graph for e in plan] == list(bo.GRAPH_NAMES)
     by = {e.graph: e for e in plan}
     assert by["features"].inputs == {"frame": frame}
@@ -96,27 +97,27 @@ def test_plan_keys_are_the_single_engine_keys(tmp_path):
     """Each step engine is keyed like any engine by engine_key: one cache, one lookup."""
     shapes = _shapes("basicvsrpp", 720, 720)
     digests = _digests()
-    for e in plan_step_engines("basicvsrpp", shapes, digests, tmp_path, **TARGET):
+    for e in plan_step_engines("basicvsrpp", shapes, digests, tmp_path, TARGET):
         assert e.key == engine_key(f"basicvsrpp.{e.graph}", digests[e.graph], step_profile(shapes),
-                                   input_name=next(iter(e.inputs)), **TARGET)
+                                   TARGET, input_name=next(iter(e.inputs)))
 
 
 def test_plan_follows_its_inputs(tmp_path):
     """A changed graph rebuilds only its engine; a changed build setting rebuilds them all; the
     timing cache stays shared."""
     shapes = _shapes("basicvsrpp", 720, 720)
-    base = plan_step_engines("basicvsrpp", shapes, _digests(), tmp_path, **TARGET)
+    base = plan_step_engines("basicvsrpp", shapes, _digests(), tmp_path, TARGET)
     paths = {e.graph: e.paths.engine for e in base}
     assert len(set(paths.values())) == 7
     assert len({e.paths.timing for e in base}) == 1
     one = dict(_digests(), step_backward_2=hashlib.sha256(b"new weights").hexdigest())
-    changed = {e.graph for e in plan_step_engines("basicvsrpp", shapes, one, tmp_path, **TARGET)
+    changed = {e.graph for e in plan_step_engines("basicvsrpp", shapes, one, tmp_path, TARGET)
                if e.paths.engine != paths[e.graph]}
     assert changed == {"step_backward_2"}
     for change in (dict(precision="fp32"), dict(gpu_name="NVIDIA A100"), dict(dcn="plugin", plugin_sha256="ab" * 32)):
-        other = plan_step_engines("basicvsrpp", shapes, _digests(), tmp_path, **{**TARGET, **change})
+        other = plan_step_engines("basicvsrpp", shapes, _digests(), tmp_path, dataclasses.replace(TARGET, **change))
         assert not {e.paths.engine for e in other} & set(paths.values()), change
-    bigger = plan_step_engines("basicvsrpp", _shapes("basicvsrpp", 1280, 720), _digests(), tmp_path, **TARGET)
+    bigger = plan_step_engines("basicvsrpp", _shapes("basicvsrpp", 1280, 720), _digests(), tmp_path, TARGET)
     assert not {e.paths.engine for e in bigger} & set(paths.values())
 
 
@@ -124,7 +125,7 @@ def test_plan_refuses_missing_graphs(tmp_path):
     digests = _digests()
     del digests["flow"]
     with pytest.raises(ValueError, match="flow"):
-        plan_step_engines("basicvsrpp", _shapes("basicvsrpp", 720, 720), digests, tmp_path, **TARGET)
+        plan_step_engines("basicvsrpp", _shapes("basicvsrpp", 720, 720), digests, tmp_path, TARGET)
 
 
 def test_planning_refuses_what_has_no_steps():

@@ -134,36 +134,42 @@ class EngineKey:
                 f"{gpu}_{cc}_{self.digest()[:16]}")
 
 
-def engine_key(
-    model: str,
-    onnx_sha256: str,
-    profile: Profile,
-    *,
-    precision: Precision,
-    dcn: DcnPath,
-    trt_version: str,
-    gpu_name: str,
-    compute_capability: tuple[int, int],
-    plugin_sha256: str | None = None,
-    workspace_mb: int | None = None,
-    opt_level: int = 3,
-    input_name: str = "input",
-) -> EngineKey:
+@dataclass(frozen=True)
+class BuildTarget:
+    """The build settings and the machine an engine is built for: the part of its key that every
+    engine of one request shares (a BasicVSR++ step set has seven engines, one target)."""
+
+    precision: Precision
+    dcn: DcnPath
+    trt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    plugin_sha256: str | None = None
+    workspace_mb: int | None = None
+    opt_level: int = 3
+
+    def validate(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.dcn not in ("native", "plugin"):
+            raise ValueError(f"dcn must be native or plugin, got {self.dcn!r}")
+        if self.dcn == "plugin" and not self.plugin_sha256:
+            raise ValueError("dcn='plugin' needs the plugin library's sha256 in the key")
+
+
+def engine_key(model: str, onnx_sha256: str, profile: Profile, target: BuildTarget, *,
+               input_name: str = "input") -> EngineKey:
     """The cache key of an engine (pure: no file, no TensorRT, no GPU is touched)."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
-    if dcn not in ("native", "plugin"):
-        raise ValueError(f"dcn must be native or plugin, got {dcn!r}")
-    if dcn == "plugin" and not plugin_sha256:
-        raise ValueError("dcn='plugin' needs the plugin library's sha256 in the key")
+    target.validate()
     if not re.fullmatch(r"[0-9a-f]{64}", onnx_sha256):
         raise ValueError("onnx_sha256 must be a SHA-256 hex digest")
     profile.validate()
     return EngineKey(
-        model=model, onnx_sha256=onnx_sha256, input_name=input_name, profile=profile, precision=precision,
-        dcn=dcn, trt_version=trt_version, gpu_name=gpu_name,
-        compute_capability=(int(compute_capability[0]), int(compute_capability[1])),
-        plugin_sha256=plugin_sha256 if dcn == "plugin" else None, workspace_mb=workspace_mb, opt_level=opt_level,
+        model=model, onnx_sha256=onnx_sha256, input_name=input_name, profile=profile, precision=target.precision,
+        dcn=target.dcn, trt_version=target.trt_version, gpu_name=target.gpu_name,
+        compute_capability=(int(target.compute_capability[0]), int(target.compute_capability[1])),
+        plugin_sha256=target.plugin_sha256 if target.dcn == "plugin" else None,
+        workspace_mb=target.workspace_mb, opt_level=target.opt_level,
     )
 
 
@@ -607,6 +613,18 @@ def _plugin_for(dcn: DcnPath) -> Path | None:
     return plugin
 
 
+def _build_target(request: EngineRequest) -> tuple[BuildTarget, Path | None]:
+    """This machine's build target for `request`, and the plugin library it names (None: native)."""
+    plugin = _plugin_for(request.dcn)
+    dev = device_info(request.device)
+    target = BuildTarget(
+        precision=request.precision, dcn=request.dcn, trt_version=tensorrt_version(), gpu_name=dev.name,
+        compute_capability=dev.compute_capability, plugin_sha256=file_sha256(plugin) if plugin else None,
+        workspace_mb=request.workspace_mb, opt_level=request.opt_level,
+    )
+    return target, plugin
+
+
 def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) -> tuple[Path, EngineKey]:
     """The cached engine for this module and request, built if missing (needs TensorRT + GPU).
 
@@ -636,14 +654,8 @@ def ensure_engine(module, spec, request: EngineRequest, *, force: bool = False) 
         onnx_path = vx.save_onnx(proto, onnx_cache_path(cache, request.model_name, digest))
         write_atomic(index, json.dumps({"onnx": str(onnx_path), "onnx_sha256": digest, "fp32_nodes": list(keep),
                                         "input": input_name}).encode())
-    plugin = _plugin_for(request.dcn)
-    dev = device_info(request.device)
-    key = engine_key(
-        request.model_name, digest, request.profile, precision=request.precision, dcn=request.dcn,
-        trt_version=tensorrt_version(), gpu_name=dev.name, compute_capability=dev.compute_capability,
-        plugin_sha256=file_sha256(plugin) if plugin else None, workspace_mb=request.workspace_mb,
-        opt_level=request.opt_level, input_name=input_name,
-    )
+    target, plugin = _build_target(request)
+    key = engine_key(request.model_name, digest, request.profile, target, input_name=input_name)
     if not force:
         hit = cached_engine(cache, key)
         if hit is not None:
@@ -691,15 +703,7 @@ def plan_step_engines(
     shapes: "StepShapes",
     onnx_sha256: Mapping[str, str],
     cache_dir: str | os.PathLike,
-    *,
-    precision: Precision,
-    dcn: DcnPath,
-    trt_version: str,
-    gpu_name: str,
-    compute_capability: tuple[int, int],
-    plugin_sha256: str | None = None,
-    workspace_mb: int | None = None,
-    opt_level: int = 3,
+    target: BuildTarget,
 ) -> tuple[StepEngine, ...]:
     """The engines of a step set, in GRAPH_NAMES order (pure: no file, TensorRT or GPU touched).
 
@@ -714,11 +718,7 @@ def plan_step_engines(
     for graph in GRAPH_NAMES:
         inputs, outputs = graph_io(graph, shapes)
         name = step_engine_model(model, graph)
-        key = engine_key(
-            name, onnx_sha256[graph], step_profile(shapes), precision=precision, dcn=dcn, trt_version=trt_version,
-            gpu_name=gpu_name, compute_capability=compute_capability, plugin_sha256=plugin_sha256,
-            workspace_mb=workspace_mb, opt_level=opt_level, input_name=next(iter(inputs)),
-        )
+        key = engine_key(name, onnx_sha256[graph], step_profile(shapes), target, input_name=next(iter(inputs)))
         plan.append(StepEngine(graph, inputs, outputs, key, onnx_cache_path(cache_dir, name, onnx_sha256[graph]),
                                cache_paths(cache_dir, key)))
     return tuple(plan)
@@ -785,14 +785,9 @@ def ensure_step_engines(module, request: EngineRequest, *, force: bool = False) 
     n, _, _, h, w = request.profile.opt
     shapes = bo.step_shapes(module, h, w, batch=n)
     graphs = _step_onnx(module, shapes, request, force)
-    plugin = _plugin_for(request.dcn)
-    dev = device_info(request.device)
-    plan = plan_step_engines(
-        request.model_name, shapes, {g: e["onnx_sha256"] for g, e in graphs.items()}, request.cache_dir,
-        precision=request.precision, dcn=request.dcn, trt_version=tensorrt_version(), gpu_name=dev.name,
-        compute_capability=dev.compute_capability, plugin_sha256=file_sha256(plugin) if plugin else None,
-        workspace_mb=request.workspace_mb, opt_level=request.opt_level,
-    )
+    target, plugin = _build_target(request)
+    plan = plan_step_engines(request.model_name, shapes, {g: e["onnx_sha256"] for g, e in graphs.items()},
+                             request.cache_dir, target)
     import torch
 
     for engine in plan:
