@@ -149,3 +149,66 @@ def test_train_resume_validate_export_and_run(scaffold, tmp_path, shared_file, m
     assert card["hyper_parameters"]["frames"] == 4
     assert "--model basicvsrpp-y" in card["evaluation"]["command"]
     assert (weights_dir / "basicvsrpp_y_qp37.safetensors").is_file()
+
+
+def test_per_frame_stage_then_the_full_network(scaffold, tmp_path):
+    """Stage 1 (`per_frame`, the STDF teacher's targets for its first 2 iterations) trains the
+    per-frame path with the reconstruction's weights for the propagated features held at zero, so
+    its export is a full network whose forward is its per-frame path; stage 2 starts the full
+    recurrent network (no BN) from that export, unchanged at its start, and its first step moves
+    those weights off zero."""
+    import torch
+
+    from vsqe.models import build_model
+    from vsqe.train.trainer import Trainer
+
+    stage1 = scaffold.train("stage1", 3, per_frame=True, teacher="stdf", teacher_iters=2)
+    assert stage1.teacher is not None and stage1.teacher.weights.name == "stdf_y_qp37.safetensors"
+    c = stage1.model.mid_channels
+    w = stage1.model.reconstruction.main[0].weight
+    assert w[:, c:].abs().max() == 0 and w[:, :c].abs().max() > 0
+    exported = scaffold.export(stage1, tmp_path / "stage1.safetensors")
+
+    model, _, _ = build_model("basicvsrpp-y", str(exported))
+    model.min_flow_size = 16  # 64-px training patches
+    x, _ = stage1.sampler.batch(1)
+    with torch.no_grad():
+        full, alone = model(x), model.per_frame(x)
+    assert torch.allclose(full, alone, atol=1e-6)
+    assert (full - x).abs().max() > 1e-4  # not the identity
+
+    stage2 = Trainer(scaffold.config("stage2", 1, init_from=str(exported), batchnorm=False), log=lambda m: None)
+    stage2.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(stage2.model(x), full, atol=1e-5)
+    stage2.run()
+    assert stage2.model.reconstruction.main[0].weight[:, c:].abs().max() > 0
+
+
+def test_teacher_targets_are_the_window_models_output(scaffold):
+    """Each frame's target is the teacher's output on its window, clamped to the segment."""
+    import torch
+
+    from vsqe.train.trainer import TeacherTargets
+
+    sampler = scaffold.train("t", 0).sampler
+    x, y = sampler.batch(2)  # [2, 4, 1, 64, 64]
+    teacher = TeacherTargets("stdf")
+    targets = teacher(x)
+    assert targets.shape == x.shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = teacher.model(x[:, [0, 0, 0, 0, 1, 2, 3]]).float().clamp(0, 1)
+    assert torch.equal(targets[:, 0], first)
+    assert not torch.equal(targets, x) and not torch.equal(targets, y)
+    with pytest.raises(ValueError, match="not a window model"):
+        TeacherTargets("mfqev2-y")
+
+
+def test_stage_options_are_for_recurrent_models_only(tmp_path, capsys):
+    from vsqe.train.cli import main
+
+    assert main(["train", "--model", "stdf", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--per-frame"]) != 0
+    assert "for recurrent models" in capsys.readouterr().err
+    assert main(["train", "--model", "basicvsrpp-y", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                 "--teacher-iters", "5"]) != 0
+    assert "--teacher-iters needs --teacher" in capsys.readouterr().err

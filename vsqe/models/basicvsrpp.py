@@ -275,6 +275,17 @@ class BasicVSRPlusPlus(nn.Module):
             return hr + F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False)
         return hr + lq
 
+    def per_frame(self, lqs: torch.Tensor) -> torch.Tensor:
+        """Every frame of `lqs` through the per-frame path alone: feature extraction, then the
+        reconstruction with the four propagated features zero. What `forward` computes when the
+        reconstruction's weights for the propagated features are zero (the first stage of
+        training, vsqe/train/trainer.py), without SpyNet, alignment or propagation."""
+        n, t, c, h, w = lqs.shape
+        frames = lqs.reshape(n * t, c, h, w)
+        spatial = self.feat_extract(frames)
+        zero = torch.zeros_like(spatial)
+        return self._reconstruct(frames, [spatial] + [zero] * len(BRANCHES)).view(n, t, c, h * self.scale, w * self.scale)
+
     def forward(self, lqs: torch.Tensor) -> torch.Tensor:
         n, t, c, h, w = lqs.shape
         if not self.is_low_res_input and (h % 4 or w % 4):

@@ -110,6 +110,10 @@ def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # it; the fixed affine of inference passed it on, and validation read -25 dB (docs/training.md §8).
 RECURRENT_PER_FRAME = ("feat_extract",)
 RECURRENT_OUTPUT_PATH: tuple[str, ...] = ()
+# The per-frame first stage (trainer.py, `per_frame`) runs no recurrence, so BN may go everywhere
+# the features pass: the reconstruction and the output convs too, as in STDF.
+PER_FRAME_STAGE = ("feat_extract", "reconstruction")
+PER_FRAME_STAGE_OUTPUT = ("upsample1.upsample_conv", "upsample2.upsample_conv", "conv_hr")
 
 
 def add_batchnorm_per_frame(

@@ -72,7 +72,7 @@ def add_data_parser(sub) -> None:
 
 # `vsqe train` options that --resume may change (trainer.RESUME_OVERRIDES), with their defaults.
 RESUMABLE_DEFAULTS = {"iters": 60000, "threads": 2, "val_every": 500, "val_full_every": 3000, "ckpt_minutes": 5.0,
-                      "log_every": 25, "partner_weights": "", "val_frames": 12}
+                      "log_every": 25, "partner_weights": "", "val_frames": 12, "teacher_iters": 0}
 
 
 def add_train_parser(sub) -> None:
@@ -103,13 +103,21 @@ def add_train_parser(sub) -> None:
     p.add_argument("--pqf-role", choices=["nonpqf", "pqf"], default="nonpqf",
                    help="PQF models (mfqev2-y): train the non-PQF or the PQF network (default: %(default)s)")
     p.add_argument("--init-from", default="", metavar="FILE",
-                   help="PQF models: start a new run from these weights (e.g. the PQF run from the non-PQF export)")
+                   help="start a new run from these weights (MFQEv2: the PQF run from the non-PQF export; "
+                        "BasicVSR++: the full network from the --per-frame stage's export)")
     p.add_argument("--partner-weights", metavar="FILE",
                    help="PQF models, validation: the other network's weights (default: its frames stay as decoded)")
     p.add_argument("--frames", type=int, default=7,
                    help="recurrent models (basicvsrpp-y): frames per training clip segment (default: %(default)s)")
     p.add_argument("--val-frames", type=int,
                    help="recurrent models: leading frames of each dev clip the subset validation streams (default: 12)")
+    p.add_argument("--per-frame", action="store_true",
+                   help="recurrent models, first stage: train the per-frame path alone (propagation off); a later "
+                        "run starts from its export with --init-from (docs/training.md §9)")
+    p.add_argument("--teacher", default="", metavar="MODEL",
+                   help="recurrent models: a window model (e.g. stdf) whose shipped weights give the targets of the "
+                        "first --teacher-iters iterations")
+    p.add_argument("--teacher-iters", type=int, help="iterations with the teacher's targets (default 0)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
@@ -212,11 +220,18 @@ def _cmd_train(args) -> int:
         partner_weights=resumable["partner_weights"],
         frames=args.frames,
         val_frames=resumable["val_frames"],
+        per_frame=args.per_frame,
+        teacher=args.teacher,
+        teacher_iters=resumable["teacher_iters"],
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
     if recurrent and (cfg.patch < 64 or cfg.frames < 2):
         raise VsqeError(f"recurrent models need --patch >= 64 and --frames >= 2, got {cfg.patch} and {cfg.frames}")
+    if (cfg.per_frame or cfg.teacher) and not recurrent:
+        raise VsqeError(f"--per-frame and --teacher are for recurrent models (basicvsrpp-y), not {cfg.model}")
+    if cfg.teacher_iters and not cfg.teacher and not args.resume:
+        raise VsqeError("--teacher-iters needs --teacher MODEL")
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, refresh_data=args.refresh_data,
                       overrides=given,
                       log=lambda m: print(m, flush=True))

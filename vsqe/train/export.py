@@ -13,7 +13,7 @@ from vsqe.train.trainer import LEGACY_CONFIG, build_train_model, is_pqf_model, l
 def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
     """A training checkpoint's weights in the published architecture's keys (BN folded)."""
     cfg = {**LEGACY_CONFIG, **state["config"]}
-    model = build_train_model(cfg["model"], batchnorm=cfg["batchnorm"])
+    model = build_train_model(cfg["model"], batchnorm=cfg["batchnorm"], per_frame=cfg.get("per_frame", False))
     model.load_state_dict(state["model"])
     return plain_state_dict(model)
 

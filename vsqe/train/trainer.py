@@ -70,8 +70,9 @@ class TrainConfig:
     loss: str = "mse"  # "mse" (what PSNR measures) or "charbonnier"
     # PQF models (MFQEv2): which of the two networks this run trains ("nonpqf" or "pqf").
     pqf_role: str = "nonpqf"
-    # PQF models: weights a new run starts from (PowerVQE starts the PQF network from the
-    # trained non-PQF one); "" = fresh init. Only read when the run starts.
+    # Weights a new run starts from (exported, plain keys); "" = fresh init. Only read when the
+    # run starts. MFQEv2: PowerVQE starts the PQF network from the trained non-PQF one;
+    # BasicVSR++: the full network starts from the per-frame stage (`per_frame`).
     init_from: str = ""
     # PQF models, validation only: the other role's weights, used for the other frame class;
     # "" = those frames stay as decoded (identity), so the figures isolate this run's network.
@@ -80,13 +81,25 @@ class TrainConfig:
     # them), and how many leading frames of each dev clip the subset validation streams.
     frames: int = 7
     val_frames: int = 12
+    # Recurrent models, first stage: train the per-frame path alone (feature extraction ->
+    # reconstruction -> output, BasicVSRPlusPlus.per_frame), BN in all of it, and the
+    # reconstruction's weights for the propagated features held at zero. The exported weights
+    # are a full network that ignores its propagation; a second run starts from them
+    # (--init-from) and trains the propagation. docs/training.md §9 says why.
+    per_frame: bool = False
+    # Recurrent models: for the first `teacher_iters` iterations the targets are this window
+    # model's output with its shipped default weights (e.g. "stdf"), not the raw frames: a
+    # target the network can fully predict moves it off the identity, where the raw frames'
+    # unpredictable part leaves it (docs/training.md §9). "" = raw frames throughout.
+    teacher: str = ""
+    teacher_iters: int = 0
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
 LEGACY_CONFIG = {"batchnorm": False, "loss": "charbonnier"}
 # Options the command line may change on resume (the run's identity comes from the checkpoint).
 RESUME_OVERRIDES = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads",
-                    "partner_weights", "val_frames")
+                    "partner_weights", "val_frames", "teacher_iters")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -164,7 +177,10 @@ def passthrough(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if model.radius is None else x[:, model.radius]
 
 
-def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.Module:
+def build_train_model(name: str = "stdf", batchnorm: bool = False, per_frame: bool = False) -> torch.nn.Module:
+    """The network as trained: the DCN as grid_sample, and training-only BN where `batchnorm`
+    says (recurrent models: in the per-frame parts; with `per_frame`, the first stage, in all of
+    the per-frame path)."""
     _ensure_ops()
     from vsqe.models import get_model_spec
     from vsqe.train.bn import add_batchnorm
@@ -174,10 +190,15 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False) -> torch.nn.M
     if spec.temporal == "recurrent":
         _recurrent_for_training(model)
         if batchnorm:
-            from vsqe.train.bn import add_batchnorm_per_frame
+            from vsqe.train import bn
 
-            add_batchnorm_per_frame(model)
+            if per_frame:
+                bn.add_batchnorm_per_frame(model, bn.PER_FRAME_STAGE, bn.PER_FRAME_STAGE_OUTPUT)
+            else:
+                bn.add_batchnorm_per_frame(model)
         return model
+    if per_frame:
+        raise ValueError(f"per_frame: {name} is not a recurrent model")
     if not hasattr(model, "radius"):
         model.radius = spec.radius  # index of the frame to enhance in the input (MFQEv2: 1)
     if not hasattr(model, "ffnet"):
@@ -214,6 +235,42 @@ def _recurrent_for_training(model: torch.nn.Module) -> None:
                                         padding=align.padding)
 
         align.deform = deform
+
+
+def zero_propagated_inputs(model: torch.nn.Module) -> None:
+    """BasicVSR++'s reconstruction reads cat(spatial, four propagated features): zeroing the
+    input conv's weights for the last four makes the network its per-frame path. The per-frame
+    stage keeps them zero (its inputs there are zero, so they get no gradient) and the next stage
+    starts the propagation from there: at first it changes nothing, then what it learns."""
+    conv = model.reconstruction.main[0]
+    with torch.no_grad():
+        conv.weight[:, model.mid_channels :].zero_()
+
+
+class TeacherTargets:
+    """A window model's outputs for every frame of a segment, as training targets: frame t of
+    x [N, T, C, H, W] enhanced from frames t-r..t+r, clamped to the segment (a clip's edge is
+    handled the same way by inference). The model has its shipped default weights and runs
+    in bf16 without gradients."""
+
+    def __init__(self, name: str) -> None:
+        from vsqe.models import build_model
+
+        model, spec, path = build_model(name)
+        if spec.temporal != "window":
+            raise ValueError(f"teacher {name!r} is not a window model (stdf is)")
+        self.model, self.name, self.weights = model, name, path
+        self.radius = spec.radius
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        r = self.radius
+        index = torch.tensor([[min(max(i + d, 0), t - 1) for d in range(-r, r + 1)] for i in range(t)])
+        windows = x[:, index].flatten(0, 1)  # [N*T, 2r+1, C, H, W]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.model(windows)
+        return out.float().clamp(0, 1).view_as(x)
 
 
 def zero_flow(spynet: torch.nn.Module) -> None:
@@ -407,7 +464,10 @@ class Trainer:
                 log(f"training data: {len(self.sampler.clips)} clips from {cfg.data} (refreshed)")
         if cfg.loss not in ("mse", "charbonnier"):
             raise ValueError(f"unknown loss {cfg.loss!r} (mse or charbonnier)")
-        self.model = build_train_model(cfg.model, batchnorm=cfg.batchnorm)
+        if (cfg.per_frame or cfg.teacher) and not self.recurrent:
+            raise ValueError(f"per_frame and teacher are for recurrent models, not {cfg.model}")
+        self.model = build_train_model(cfg.model, batchnorm=cfg.batchnorm, per_frame=cfg.per_frame)
+        self.teacher = TeacherTargets(cfg.teacher) if cfg.teacher and cfg.teacher_iters > 0 else None
         self.radius = self.model.radius
         self.model.radius = self.radius
         if cfg.precision == "bf16":
@@ -430,6 +490,8 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         else:
             init_weights(self.model)
+            if cfg.per_frame:
+                zero_propagated_inputs(self.model)
             x, _ = self.sampler.batch(cfg.batch)
             std0 = scale_residual(self.model, x, cfg.init_residual_std)
             log(f"init: residual std {std0 * 255:.2f} -> {cfg.init_residual_std * 255:.2f} levels")
@@ -480,18 +542,22 @@ class Trainer:
     def step(self) -> dict:
         cfg = self.cfg
         x, y = self.sampler.batch(cfg.batch)
+        # The loss's targets (the teacher's output early on, if any); the logged figures stay
+        # against the raw frames.
+        target = self.teacher(x) if self.teacher is not None and self.iteration < cfg.teacher_iters else y
         lr = lr_at(self.iteration, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
+        forward = self.model.per_frame if cfg.per_frame else self.model
         if cfg.precision == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = self.model(x)
+                out = forward(x)
         else:
-            out = self.model(x)
+            out = forward(x)
         if cfg.loss == "mse":
-            loss = F.mse_loss(out.float(), y)
+            loss = F.mse_loss(out.float(), target)
         else:
-            loss = charbonnier(out.float(), y, cfg.charbonnier_eps)
+            loss = charbonnier(out.float(), target, cfg.charbonnier_eps)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
@@ -590,6 +656,9 @@ class Trainer:
         self.log(
             f"training {cfg.model}: batch {cfg.batch} x {cfg.patch}px, lr {cfg.lr}, {cfg.precision}, "
             f"{len(self.sampler.clips)} clips, DCN for validation: {self.ops}"
+            + (", per-frame path only (stage 1)" if cfg.per_frame else "")
+            + (f", targets from {self.teacher.name} ({self.teacher.weights}) until iteration {cfg.teacher_iters}"
+               if self.teacher is not None else "")
         )
         try:
             while self.iteration < cfg.iters and not self._stop:
