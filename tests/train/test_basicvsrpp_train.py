@@ -151,7 +151,7 @@ def test_train_resume_validate_export_and_run(scaffold, tmp_path, shared_file, m
     assert (weights_dir / "basicvsrpp_y_qp37.safetensors").is_file()
 
 
-def test_per_frame_stage_then_the_full_network(scaffold, tmp_path):
+def test_per_frame_stage_then_the_full_network(scaffold, tmp_path, monkeypatch):
     """Stage 1 (`per_frame`, the STDF teacher's targets for its first 2 iterations) trains the
     per-frame path with the reconstruction's weights for the propagated features held at zero, so
     its export is a full network whose forward is its per-frame path; stage 2 starts the full
@@ -183,6 +183,17 @@ def test_per_frame_stage_then_the_full_network(scaffold, tmp_path):
         assert torch.allclose(stage2.model(x), full, atol=1e-5)
     stage2.run()
     assert stage2.model.reconstruction.main[0].weight[:, c:].abs().max() > 0
+
+    # the model card tells both stages (the measurement stubbed, as above)
+    from vsqe.train import ship
+
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(ship, "report", lambda *a, **k: {
+        "backend": "torch-fp32", "streams": {"hm": {"delta_mean": 0.1, "per_clip": {"city_416x240": 0.1}}}})
+    assert ship.main(["--ckpt", str(Path(stage2.cfg.out) / "last.pt"), "--run", stage2.cfg.out, "--streams", "hm"]) == 0
+    card = json.loads((tmp_path / "basicvsrpp_y_qp37.json").read_text())
+    assert "two stages" in card["trained_by"] and "stdf default's outputs as targets for its first 2" in card["trained_by"]
+    assert card["init_from"]["per_frame"] == "1" and card["init_from"]["iteration"] == "3"
 
 
 def test_teacher_targets_are_the_window_models_output(scaffold):

@@ -127,10 +127,11 @@ def add_batchnorm_per_frame(
     scratch: output residual 0.5 -> 0.03 levels, ΔPSNR 0.000 over its first 1,000 iterations,
     docs/training.md §8), kept away from everything that reads propagated features: there
     train-mode BN hides a growing propagation that inference then amplifies (the defaults above
-    say what happened). Whether BN in the feature extraction alone moves the network off the
-    identity is not measured yet. Matches conv -> ReLU/LeakyReLU inside an nn.Sequential and the
-    first conv of each residual block (conv1 -> relu -> conv2) under `roots`, and the convs
-    named in `convs`."""
+    say what happened). BN in the feature extraction alone does not move the network off the
+    identity (val -0.010 dB @1,000): the per-frame first stage with a teacher is for that
+    (trainer.TrainConfig.per_frame, docs/training.md §8). Matches conv -> ReLU/LeakyReLU inside
+    an nn.Sequential and the first conv of each residual block (conv1 -> relu -> conv2) under
+    `roots`, and the convs named in `convs`."""
     from vsqe.models.basicvsrpp import ResidualBlockNoBN
 
     count = 0

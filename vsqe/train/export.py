@@ -27,6 +27,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
         **({"pqf_role": state["config"]["pqf_role"]} if is_pqf_model(state["config"]["model"]) else {}),
         "iteration": str(state["iteration"]),
         "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
+        # BasicVSR++'s first stage: what a model card of a run started from this file reports.
+        **({"per_frame": "1", "batchnorm": json.dumps(state["config"].get("batchnorm", False)),
+            "teacher": state["config"].get("teacher", ""), "teacher_iters": str(state["config"].get("teacher_iters", 0))}
+           if state["config"].get("per_frame") else {}),
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},
     }
     out = Path(out)

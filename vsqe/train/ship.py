@@ -124,6 +124,7 @@ def main(argv=None) -> int:
             "results": rep["streams"],
             "seconds": round(time.time() - t0, 1),
         },
+        **({"init_from": _init_from(cfg["init_from"])} if cfg.get("init_from") else {}),
         **({"pqf_network": {
             "weights": f"{pqf_name}.safetensors",
             "iterations": int(pqf_state["iteration"]),
@@ -159,15 +160,32 @@ def _identity(model: str, cfg: dict) -> dict:
     if model == "basicvsrpp-y":
         from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
 
+        stage1 = _init_from(cfg["init_from"]) if cfg.get("init_from") else {}
+        if stage1.get("per_frame") == "1":
+            trained_by = (
+                "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training) in two stages "
+                "(docs/training.md §8): stage 1 the per-frame path alone (feature extraction -> reconstruction, "
+                "propagation off, training-only BN folded on export"
+                + (f", the shipped {stage1['teacher']} default's outputs as targets for its first "
+                   f"{stage1['teacher_iters']} iterations" if stage1.get("teacher") else "")
+                + f", {stage1['iteration']} iterations); stage 2 the full network from stage 1's export, no BN, "
+                f"clip segments of {cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, "
+                "no official SpyNet weights"
+            )
+        else:
+            trained_by = (
+                f"vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; clip segments of "
+                f"{cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, no official SpyNet "
+                "weights" + ("; training-only BN in the feature extraction, folded on export)" if cfg["batchnorm"]
+                             else "; no training-only BN)")
+            )
         return {
             "model": model,
             "variant": "BasicVSR++ QE layout (PowerVQE basicvsr_pp_no_mirror) on Y, narrowed for CPU training: "
             + ", ".join(f"{k}={v}" for k, v in BASICVSRPP_Y.items())
             + f"; SpyNet whole (3-channel, Y replicated); inference in segments of {SEGMENT_LENGTH} frames, "
             f"overlap {SEGMENT_OVERLAP}",
-            "trained_by": f"vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; clip "
-            f"segments of {cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, no official "
-            "SpyNet weights; no training-only BN, nothing folded)",
+            "trained_by": trained_by,
         }
     return {
         "model": model,
@@ -177,6 +195,20 @@ def _identity(model: str, cfg: dict) -> dict:
         "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
         "SpyNet weights; the dense net's own BN trained as published, nothing folded)",
     }
+
+
+def _init_from(path: str) -> dict:
+    """The weights file a run started from, with what its export recorded (run, iteration, hours;
+    BasicVSR++'s first stage: per_frame, teacher, teacher_iters)."""
+    from safetensors import safe_open
+
+    info: dict = {"file": path}
+    try:
+        with safe_open(path, framework="pt") as f:
+            info.update(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - a card field, not a reason to refuse shipping
+        info["unreadable"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return info
 
 
 if __name__ == "__main__":
