@@ -42,7 +42,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
@@ -100,41 +100,6 @@ class Profile:
 
 
 @dataclass(frozen=True)
-class EngineKey:
-    """Everything an engine depends on. Two builds with equal keys are interchangeable."""
-
-    model: str
-    onnx_sha256: str
-    input_name: str
-    profile: Profile
-    precision: Precision
-    dcn: DcnPath
-    trt_version: str
-    gpu_name: str
-    compute_capability: tuple[int, int]
-    plugin_sha256: str | None = None
-    workspace_mb: int | None = None
-    opt_level: int = 3
-    version: int = KEY_VERSION
-
-    def canonical(self) -> str:
-        data = asdict(self)
-        data["profile"] = {k: list(v) for k, v in data["profile"].items()}
-        data["compute_capability"] = list(self.compute_capability)
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.canonical().encode()).hexdigest()
-
-    def stem(self) -> str:
-        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-") or "gpu"
-        cc = f"sm{self.compute_capability[0]}{self.compute_capability[1]}"
-        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.model)
-        return (f"{model}_{self.profile.label()}_{self.precision}_{self.dcn}_trt{self.trt_version}_"
-                f"{gpu}_{cc}_{self.digest()[:16]}")
-
-
-@dataclass(frozen=True)
 class BuildTarget:
     """The build settings and the machine an engine is built for: the part of its key that every
     engine of one request shares (a BasicVSR++ step set has seven engines, one target)."""
@@ -157,6 +122,34 @@ class BuildTarget:
             raise ValueError("dcn='plugin' needs the plugin library's sha256 in the key")
 
 
+@dataclass(frozen=True, kw_only=True)
+class EngineKey(BuildTarget):
+    """Everything an engine depends on: its build target plus the model, its ONNX and the shapes.
+    Two builds with equal keys are interchangeable."""
+
+    model: str
+    onnx_sha256: str
+    input_name: str
+    profile: Profile
+    version: int = KEY_VERSION
+
+    def canonical(self) -> str:
+        data = asdict(self)
+        data["profile"] = {k: list(v) for k, v in data["profile"].items()}
+        data["compute_capability"] = list(self.compute_capability)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    def stem(self) -> str:
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-") or "gpu"
+        cc = f"sm{self.compute_capability[0]}{self.compute_capability[1]}"
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.model)
+        return (f"{model}_{self.profile.label()}_{self.precision}_{self.dcn}_trt{self.trt_version}_"
+                f"{gpu}_{cc}_{self.digest()[:16]}")
+
+
 def engine_key(model: str, onnx_sha256: str, profile: Profile, target: BuildTarget, *,
                input_name: str = "input") -> EngineKey:
     """The cache key of an engine (pure: no file, no TensorRT, no GPU is touched)."""
@@ -164,13 +157,10 @@ def engine_key(model: str, onnx_sha256: str, profile: Profile, target: BuildTarg
     if not re.fullmatch(r"[0-9a-f]{64}", onnx_sha256):
         raise ValueError("onnx_sha256 must be a SHA-256 hex digest")
     profile.validate()
-    return EngineKey(
-        model=model, onnx_sha256=onnx_sha256, input_name=input_name, profile=profile, precision=target.precision,
-        dcn=target.dcn, trt_version=target.trt_version, gpu_name=target.gpu_name,
-        compute_capability=(int(target.compute_capability[0]), int(target.compute_capability[1])),
-        plugin_sha256=target.plugin_sha256 if target.dcn == "plugin" else None,
-        workspace_mb=target.workspace_mb, opt_level=target.opt_level,
-    )
+    settings = {f.name: getattr(target, f.name) for f in fields(BuildTarget)}
+    settings.update(compute_capability=(int(target.compute_capability[0]), int(target.compute_capability[1])),
+                    plugin_sha256=target.plugin_sha256 if target.dcn == "plugin" else None)
+    return EngineKey(model=model, onnx_sha256=onnx_sha256, input_name=input_name, profile=profile, **settings)
 
 
 @dataclass(frozen=True)
