@@ -192,8 +192,19 @@ def test_per_frame_stage_then_the_full_network(scaffold, tmp_path, monkeypatch):
         "backend": "torch-fp32", "streams": {"hm": {"delta_mean": 0.1, "per_clip": {"city_416x240": 0.1}}}})
     assert ship.main(["--ckpt", str(Path(stage2.cfg.out) / "last.pt"), "--run", stage2.cfg.out, "--streams", "hm"]) == 0
     card = json.loads((tmp_path / "basicvsrpp_y_qp37.json").read_text())
-    assert "two stages" in card["trained_by"] and "stdf default's outputs as targets for its first 2" in card["trained_by"]
+    assert "in 2 stages" in card["trained_by"], card["trained_by"]
+    assert ("1. the per-frame path alone (propagation off), training-only BN folded on export, the shipped stdf "
+            "default's outputs as targets for its first 2 iterations, 3 iterations; 2. the full network") in card["trained_by"]
+    assert "no BN, 1 iterations" in card["trained_by"]
     assert card["init_from"]["per_frame"] == "1" and card["init_from"]["iteration"] == "3"
+
+    # a later stage's export carries the whole chain (what a third stage's card reads)
+    from vsqe.train.export import origin_chain, weights_origin
+
+    stage2_file = scaffold.export(stage2, tmp_path / "stage2.safetensors")
+    chain = origin_chain(weights_origin(str(stage2_file)))
+    assert [(st["per_frame"], st["iteration"], st["teacher_iters"]) for st in chain] == [("1", "3", "2"), ("0", "1", "0")]
+    assert chain[0]["file"] == str(exported)
 
 
 def test_teacher_targets_are_the_window_models_output(scaffold):

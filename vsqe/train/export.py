@@ -7,7 +7,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vsqe.train.trainer import LEGACY_CONFIG, build_train_model, is_pqf_model, load_checkpoint, plain_state_dict
+from vsqe.train.trainer import (
+    LEGACY_CONFIG,
+    build_train_model,
+    is_pqf_model,
+    is_recurrent_model,
+    load_checkpoint,
+    plain_state_dict,
+)
 
 
 def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
@@ -27,10 +34,14 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
         **({"pqf_role": state["config"]["pqf_role"]} if is_pqf_model(state["config"]["model"]) else {}),
         "iteration": str(state["iteration"]),
         "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
-        # BasicVSR++'s first stage: what a model card of a run started from this file reports.
-        **({"per_frame": "1", "batchnorm": json.dumps(state["config"].get("batchnorm", False)),
+        # Recurrent models train in stages (docs/training.md §8): how this one trained, and the
+        # file it started from with that file's own record, so a model card can tell them all.
+        **({"per_frame": "1" if state["config"].get("per_frame") else "0",
+            "batchnorm": json.dumps(state["config"].get("batchnorm", False)),
             "teacher": state["config"].get("teacher", ""), "teacher_iters": str(state["config"].get("teacher_iters", 0))}
-           if state["config"].get("per_frame") else {}),
+           if is_recurrent_model(state["config"]["model"]) else {}),
+        **({"init_from": json.dumps(weights_origin(state["config"]["init_from"]))}
+           if state["config"].get("init_from") else {}),
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},
     }
     out = Path(out)
@@ -38,3 +49,32 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
     save_file(sd, str(tmp), metadata=meta)
     tmp.replace(out)
     return {"iteration": state["iteration"], "elapsed": state.get("elapsed", 0.0), "best": state.get("best")}
+
+
+def weights_origin(path: str) -> dict:
+    """A weights file and what its export recorded (model, iteration, hours; recurrent stages:
+    per_frame, batchnorm, teacher, teacher_iters), with the file it started from nested under
+    "init_from" the same way. Unreadable files say so instead of failing: this is for cards."""
+    from safetensors import safe_open
+
+    info: dict = {"file": str(path)}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info.update(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - a card field, not a reason to refuse
+        info["unreadable"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(info.get("init_from"), str):
+        try:
+            info["init_from"] = json.loads(info["init_from"])
+        except ValueError:
+            pass
+    return info
+
+
+def origin_chain(origin: dict) -> list[dict]:
+    """The stages behind a weights file, first stage first (weights_origin's nesting, flattened)."""
+    chain = []
+    while isinstance(origin, dict):
+        chain.append({k: v for k, v in origin.items() if k != "init_from"})
+        origin = origin.get("init_from")
+    return chain[::-1]

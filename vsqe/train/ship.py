@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from vsqe.models.registry import WEIGHTS_DIR, get_model_spec
-from vsqe.train.export import export_checkpoint
+from vsqe.train.export import export_checkpoint, origin_chain, weights_origin
 from vsqe.train.report import report
 from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     packages = sorted({c.get("package") or "?" for c in clips})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     card = {
-        **_identity(spec.name, cfg),
+        **_identity(spec.name, cfg, int(state["iteration"])),
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
             "results": rep["streams"],
             "seconds": round(time.time() - t0, 1),
         },
-        **({"init_from": _init_from(cfg["init_from"])} if cfg.get("init_from") else {}),
+        **({"init_from": weights_origin(cfg["init_from"])} if cfg.get("init_from") else {}),
         **({"pqf_network": {
             "weights": f"{pqf_name}.safetensors",
             "iterations": int(pqf_state["iteration"]),
@@ -148,7 +148,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def _identity(model: str, cfg: dict) -> dict:
+def _stage_text(stage: dict) -> str:
+    """One training stage of a recurrent model, from its export's record."""
+    if stage.get("per_frame") == "1":
+        text = "the per-frame path alone (propagation off)"
+    else:
+        text = "the full network on clip segments, loss over every frame"
+    text += ", training-only BN folded on export" if stage.get("batchnorm") == "true" else ", no BN"
+    if stage.get("teacher") and stage.get("teacher_iters", "0") != "0":
+        text += f", the shipped {stage['teacher']} default's outputs as targets for its first {stage['teacher_iters']} iterations"
+    return text + f", {stage.get('iteration', '?')} iterations"
+
+
+def _identity(model: str, cfg: dict, iteration: int) -> dict:
     """What the card says the network is and how it was trained."""
     if model == "stdf":
         return {
@@ -160,25 +172,17 @@ def _identity(model: str, cfg: dict) -> dict:
     if model == "basicvsrpp-y":
         from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
 
-        stage1 = _init_from(cfg["init_from"]) if cfg.get("init_from") else {}
-        if stage1.get("per_frame") == "1":
-            trained_by = (
-                "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training) in two stages "
-                "(docs/training.md §8): stage 1 the per-frame path alone (feature extraction -> reconstruction, "
-                "propagation off, training-only BN folded on export"
-                + (f", the shipped {stage1['teacher']} default's outputs as targets for its first "
-                   f"{stage1['teacher_iters']} iterations" if stage1.get("teacher") else "")
-                + f", {stage1['iteration']} iterations); stage 2 the full network from stage 1's export, no BN, "
-                f"clip segments of {cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, "
-                "no official SpyNet weights"
-            )
-        else:
-            trained_by = (
-                f"vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; clip segments of "
-                f"{cfg.get('frames', 7)} frames, loss over every frame; SpyNet from zero flow, no official SpyNet "
-                "weights" + ("; training-only BN in the feature extraction, folded on export)" if cfg["batchnorm"]
-                             else "; no training-only BN)")
-            )
+        earlier = origin_chain(weights_origin(cfg["init_from"])) if cfg.get("init_from") else []
+        this_run = {"per_frame": "1" if cfg.get("per_frame") else "0", "batchnorm": json.dumps(cfg["batchnorm"]),
+                    "teacher": cfg.get("teacher", ""), "teacher_iters": str(cfg.get("teacher_iters", 0)),
+                    "iteration": str(iteration)}
+        stages = [_stage_text(st) for st in [*earlier, this_run]]
+        trained_by = (
+            "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; SpyNet from zero flow, "
+            "no official SpyNet weights) in " + (f"{len(stages)} stages, each starting from the one before "
+                                                 "(docs/training.md §8): " if len(stages) > 1 else "one stage: ")
+            + "; ".join(f"{i + 1}. {t}" for i, t in enumerate(stages))
+        )
         return {
             "model": model,
             "variant": "BasicVSR++ QE layout (PowerVQE basicvsr_pp_no_mirror) on Y, narrowed for CPU training: "
@@ -195,20 +199,6 @@ def _identity(model: str, cfg: dict) -> dict:
         "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
         "SpyNet weights; the dense net's own BN trained as published, nothing folded)",
     }
-
-
-def _init_from(path: str) -> dict:
-    """The weights file a run started from, with what its export recorded (run, iteration, hours;
-    BasicVSR++'s first stage: per_frame, teacher, teacher_iters)."""
-    from safetensors import safe_open
-
-    info: dict = {"file": path}
-    try:
-        with safe_open(path, framework="pt") as f:
-            info.update(f.metadata() or {})
-    except Exception as exc:  # noqa: BLE001 - a card field, not a reason to refuse shipping
-        info["unreadable"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return info
 
 
 if __name__ == "__main__":
