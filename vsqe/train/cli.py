@@ -113,7 +113,7 @@ def add_train_parser(sub) -> None:
                    help="recurrent models: leading frames of each dev clip the subset validation streams (default: 12)")
     p.add_argument("--per-frame", action="store_true",
                    help="recurrent models, first stage: train the per-frame path alone (propagation off); a later "
-                        "run starts from its export with --init-from (docs/training.md §9)")
+                        "run starts from its export with --init-from (docs/training.md §8)")
     p.add_argument("--teacher", default="", metavar="MODEL",
                    help="recurrent models: a window model (e.g. stdf) whose shipped weights give the targets of the "
                         "first --teacher-iters iterations")

@@ -36,10 +36,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
         "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
         # Recurrent models train in stages (docs/training.md §8): how this one trained, and the
         # file it started from with that file's own record, so a model card can tell them all.
-        **({"per_frame": "1" if state["config"].get("per_frame") else "0",
-            "batchnorm": json.dumps(state["config"].get("batchnorm", False)),
-            "teacher": state["config"].get("teacher", ""), "teacher_iters": str(state["config"].get("teacher_iters", 0))}
-           if is_recurrent_model(state["config"]["model"]) else {}),
+        **(stage_record(state["config"]) if is_recurrent_model(state["config"]["model"]) else {}),
         **({"init_from": json.dumps(weights_origin(state["config"]["init_from"]))}
            if state["config"].get("init_from") else {}),
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},
@@ -49,6 +46,14 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
     save_file(sd, str(tmp), metadata=meta)
     tmp.replace(out)
     return {"iteration": state["iteration"], "elapsed": state.get("elapsed", 0.0), "best": state.get("best")}
+
+
+def stage_record(config: dict) -> dict[str, str]:
+    """How a run of a recurrent model trained, as safetensors metadata (strings): per-frame stage
+    or full network, training-only BN, teacher and its iterations."""
+    return {"per_frame": "1" if config.get("per_frame") else "0",
+            "batchnorm": json.dumps(config.get("batchnorm", False)),
+            "teacher": config.get("teacher", ""), "teacher_iters": str(config.get("teacher_iters", 0))}
 
 
 def weights_origin(path: str) -> dict:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from vsqe.models.registry import WEIGHTS_DIR, get_model_spec
-from vsqe.train.export import export_checkpoint, origin_chain, weights_origin
+from vsqe.train.export import export_checkpoint, origin_chain, stage_record, weights_origin
 from vsqe.train.report import report
 from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
@@ -85,8 +85,10 @@ def main(argv=None) -> int:
     clips = [c for c in manifest.get("clips", []) if used is None or c["id"] in used]
     packages = sorted({c.get("package") or "?" for c in clips})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # The weights this run started from, with the record of every stage before it (read once).
+    origin = weights_origin(cfg["init_from"]) if cfg.get("init_from") else None
     card = {
-        **_identity(spec.name, cfg, int(state["iteration"])),
+        **_identity(spec.name, cfg, int(state["iteration"]), origin),
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
             "results": rep["streams"],
             "seconds": round(time.time() - t0, 1),
         },
-        **({"init_from": weights_origin(cfg["init_from"])} if cfg.get("init_from") else {}),
+        **({"init_from": origin} if origin is not None else {}),
         **({"pqf_network": {
             "weights": f"{pqf_name}.safetensors",
             "iterations": int(pqf_state["iteration"]),
@@ -160,7 +162,7 @@ def _stage_text(stage: dict) -> str:
     return text + f", {stage.get('iteration', '?')} iterations"
 
 
-def _identity(model: str, cfg: dict, iteration: int) -> dict:
+def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dict:
     """What the card says the network is and how it was trained."""
     if model == "stdf":
         return {
@@ -172,10 +174,8 @@ def _identity(model: str, cfg: dict, iteration: int) -> dict:
     if model == "basicvsrpp-y":
         from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
 
-        earlier = origin_chain(weights_origin(cfg["init_from"])) if cfg.get("init_from") else []
-        this_run = {"per_frame": "1" if cfg.get("per_frame") else "0", "batchnorm": json.dumps(cfg["batchnorm"]),
-                    "teacher": cfg.get("teacher", ""), "teacher_iters": str(cfg.get("teacher_iters", 0)),
-                    "iteration": str(iteration)}
+        earlier = origin_chain(origin) if origin is not None else []
+        this_run = {**stage_record(cfg), "iteration": str(iteration)}
         stages = [_stage_text(st) for st in [*earlier, this_run]]
         trained_by = (
             "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; SpyNet from zero flow, "

@@ -85,12 +85,12 @@ class TrainConfig:
     # reconstruction -> output, BasicVSRPlusPlus.per_frame), BN in all of it, and the
     # reconstruction's weights for the propagated features held at zero. The exported weights
     # are a full network that ignores its propagation; a second run starts from them
-    # (--init-from) and trains the propagation. docs/training.md §9 says why.
+    # (--init-from) and trains the propagation. docs/training.md §8 says why.
     per_frame: bool = False
     # Recurrent models: for the first `teacher_iters` iterations the targets are this window
     # model's output with its shipped default weights (e.g. "stdf"), not the raw frames: a
     # target the network can fully predict moves it off the identity, where the raw frames'
-    # unpredictable part leaves it (docs/training.md §9). "" = raw frames throughout.
+    # unpredictable part leaves it (docs/training.md §8). "" = raw frames throughout.
     teacher: str = ""
     teacher_iters: int = 0
 
