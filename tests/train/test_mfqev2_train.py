@@ -139,6 +139,17 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
     assert (weights_dir / "mfqev2_y_pqf_qp37.safetensors").is_file()
     # the roles cannot be swapped
     assert ship.main(["--ckpt", str(pqf_dir / "last.pt"), "--run", str(pqf_dir)]) == 2
+    assert "rounds" not in card["trained_by"]
+
+    # a second non-PQF round starts from the first round's export; its card tells both rounds
+    round2 = scaffold.train("r2", 1, init_from=str(out))
+    assert ship.main(["--ckpt", str(Path(round2.cfg.out) / "last.pt"), "--run", round2.cfg.out,
+                      "--pqf-ckpt", str(pqf_dir / "last.pt"), "--streams", "hm"]) == 0
+    card = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())
+    assert ("in 2 rounds, each starting from the weights of the one before with a fresh cosine: round 1: 3 "
+            "iterations") in card["trained_by"], card["trained_by"]
+    assert card["trained_by"].endswith("round 2 (this run): 1 iterations")
+    assert card["init_from"]["pqf_role"] == "nonpqf" and card["init_from"]["iteration"] == "3"
 
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")

@@ -169,7 +169,8 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
             "model": "stdf",
             "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
             "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
-            + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")"),
+            + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")")
+            + _rounds_text(origin, iteration),
         }
     if model == "basicvsrpp-y":
         from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
@@ -197,8 +198,19 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         "(slice-QP peaks, radius 2); SpyNet sees Y replicated to 3 channels; non-PQF network (weights) and "
         "PQF network (pqf_network)",
         "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
-        "SpyNet weights; the dense net's own BN trained as published, nothing folded)",
+        "SpyNet weights; the dense net's own BN trained as published, nothing folded)" + _rounds_text(origin, iteration),
     }
+
+
+def _rounds_text(origin: dict | None, iteration: int) -> str:
+    """Window and PQF models continue a run in rounds (--init-from earlier weights, a fresh cosine):
+    the rounds behind these weights, from their exports' records ("" for a single run)."""
+    if origin is None:
+        return ""
+    rounds = [f"round {i + 1}: {st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h"
+              for i, st in enumerate(origin_chain(origin))]
+    rounds.append(f"round {len(rounds) + 1} (this run): {iteration} iterations")
+    return f" in {len(rounds)} rounds, each starting from the weights of the one before with a fresh cosine: " + "; ".join(rounds)
 
 
 if __name__ == "__main__":
