@@ -3,6 +3,7 @@ a 3-iteration run that checkpoints, resumes exactly and exports weights that `vs
 and the PQF validation path (per-class figures, the other class left as decoded)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -141,8 +142,13 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
     assert ship.main(["--ckpt", str(pqf_dir / "last.pt"), "--run", str(pqf_dir)]) == 2
     assert "rounds" not in card["trained_by"]
 
-    # a second non-PQF round starts from the first round's export; its card tells both rounds
+    assert card["pqf_network"]["init_from"]["iteration"] == "3"  # the PQF run began from the non-PQF export
+
+    # a second non-PQF round starts from the first round's export; its card tells both rounds, as
+    # they were when it started, even after the file it started from is replaced (shipping does that)
+    first_round = hashlib.sha256(out.read_bytes()).hexdigest()
     round2 = scaffold.train("r2", 1, init_from=str(out))
+    out.write_bytes(pqf_out.read_bytes())
     assert ship.main(["--ckpt", str(Path(round2.cfg.out) / "last.pt"), "--run", round2.cfg.out,
                       "--pqf-ckpt", str(pqf_dir / "last.pt"), "--streams", "hm"]) == 0
     card = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())
@@ -150,6 +156,7 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
             "iterations") in card["trained_by"], card["trained_by"]
     assert card["trained_by"].endswith("round 2 (this run): 1 iterations")
     assert card["init_from"]["pqf_role"] == "nonpqf" and card["init_from"]["iteration"] == "3"
+    assert card["init_from"]["sha256"] == first_round
 
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")

@@ -1,6 +1,7 @@
 """Export a training checkpoint's weights to safetensors (what vsqe.models.build_model loads)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,8 +38,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
         # Recurrent models train in stages (docs/training.md §8): how this one trained, and the
         # file it started from with that file's own record, so a model card can tell them all.
         **(stage_record(state["config"]) if is_recurrent_model(state["config"]["model"]) else {}),
-        **({"init_from": json.dumps(weights_origin(state["config"]["init_from"]))}
-           if state["config"].get("init_from") else {}),
+        **({"init_from": json.dumps(origin)} if (origin := run_origin(state)) is not None else {}),
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},
     }
     out = Path(out)
@@ -56,6 +56,15 @@ def stage_record(config: dict) -> dict[str, str]:
             "teacher": config.get("teacher", ""), "teacher_iters": str(config.get("teacher_iters", 0))}
 
 
+def run_origin(state: dict) -> dict | None:
+    """The record of the file a run started from (--init-from), as the run read it when it started;
+    None for a run from scratch. Checkpoints from before that record existed read the file now."""
+    if state.get("init_origin"):
+        return json.loads(state["init_origin"])
+    path = state["config"].get("init_from")
+    return weights_origin(path) if path else None
+
+
 def weights_origin(path: str) -> dict:
     """A weights file and what its export recorded (model, iteration, hours; recurrent stages:
     per_frame, batchnorm, teacher, teacher_iters), with the file it started from nested under
@@ -66,6 +75,8 @@ def weights_origin(path: str) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             info.update(f.metadata() or {})
+        # the path may later hold other weights (shipping replaces vsqe/weights/ files): the digest doesn't
+        info["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except Exception as exc:  # noqa: BLE001 - a card field, not a reason to refuse
         info["unreadable"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(info.get("init_from"), str):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from vsqe.models.registry import WEIGHTS_DIR, get_model_spec
-from vsqe.train.export import export_checkpoint, origin_chain, stage_record, weights_origin
+from vsqe.train.export import export_checkpoint, origin_chain, run_origin, stage_record
 from vsqe.train.report import report
 from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     clips = [c for c in manifest.get("clips", []) if used is None or c["id"] in used]
     packages = sorted({c.get("package") or "?" for c in clips})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # The weights this run started from, with the record of every stage before it (read once).
-    origin = weights_origin(cfg["init_from"]) if cfg.get("init_from") else None
+    # The weights this run started from, with the record of every stage before it (as read when it started).
+    origin = run_origin(state)
     card = {
         **_identity(spec.name, cfg, int(state["iteration"]), origin),
         "weights": f"{name}.safetensors",
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             "iterations": int(pqf_state["iteration"]),
             "train_wall_hours": round(pqf_state.get("elapsed", 0.0) / 3600, 3),
             "best": pqf_state.get("best"),
-            "init_from": pqf_state["config"].get("init_from", ""),
+            **({"init_from": pqf_origin} if (pqf_origin := run_origin(pqf_state)) is not None else {}),
         }} if pqf_state is not None else {}),
         "code_commit": commit,
         "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",

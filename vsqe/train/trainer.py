@@ -476,6 +476,9 @@ class Trainer:
         self.iteration = 0
         self.best = {"delta": -1e9, "iteration": -1}
         self.elapsed = 0.0
+        # What --init-from's file recorded, read when the run starts: the file may be replaced later
+        # (e.g. shipping over vsqe/weights/), and exports and cards must tell what this run began from.
+        self.init_origin = ""
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -484,7 +487,11 @@ class Trainer:
             self.iteration = int(state["iteration"])
             self.best = dict(state["best"])
             self.elapsed = float(state.get("elapsed", 0.0))
+            self.init_origin = state.get("init_origin", "")
         elif cfg.init_from:
+            from vsqe.train.export import weights_origin
+
+            self.init_origin = json.dumps(weights_origin(cfg.init_from))
             self._load_init(cfg.init_from)
             log(f"init: weights from {cfg.init_from}")
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -522,6 +529,7 @@ class Trainer:
             "iteration": self.iteration,
             "best": self.best,
             "elapsed": self.elapsed,
+            "init_origin": self.init_origin,
         }
 
     def checkpoint(self) -> None:
