@@ -191,3 +191,13 @@ def test_pqf_validation_reports_both_classes(tmp_path, shared_data):
     # the PQF run's subset measures every PQF (0, 4, ..., 28), not only every 3rd frame
     res = evaluate_pqf(enh, clips=("city_416x240",), frame_step=100, enhance=(), all_of="pqf", dev_dir=shared_data)
     assert res[0].frames == [0, 4, 8, 12, 16, 20, 24, 28] and all(res[0].pqf)
+
+
+def test_missing_weight_files_are_refused_at_the_start(tmp_path, capsys):
+    from vsqe.train.cli import main
+
+    for option in ("--init-from", "--partner-weights"):
+        assert main(["train", "--model", "mfqev2-y", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                     option, str(tmp_path / "missing.safetensors")]) != 0
+        assert f"{option} {tmp_path / 'missing.safetensors'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -232,6 +232,10 @@ def _cmd_train(args) -> int:
         raise VsqeError(f"--per-frame and --teacher are for recurrent models (basicvsrpp-y), not {cfg.model}")
     if cfg.teacher_iters and not cfg.teacher and not args.resume:
         raise VsqeError("--teacher-iters needs --teacher MODEL")
+    # found at the start, not at the first validation an hour later
+    for option, path in (("--init-from", cfg.init_from), ("--partner-weights", cfg.partner_weights)):
+        if path and not Path(path).is_file():
+            raise VsqeError(f"{option} {path}: no such file")
     trainer = Trainer(cfg, resume=args.resume, resume_from=args.resume_from, refresh_data=args.refresh_data,
                       overrides=given,
                       log=lambda m: print(m, flush=True))
