@@ -69,6 +69,7 @@ def test_resume_keeps_the_options_the_command_line_does_not_give(tiny_data, tmp_
     common = ["train", "--model", "stdf", "--data", str(data), "--out", str(out), "--batch", "2", "--patch", "32",
               "--warmup", "1"]
     partner = str(tmp_path / "partner.safetensors")
+    Path(partner).write_bytes(b"")  # must exist (checked at the start); never read: no validation here
     assert main([*common, "--iters", "1", "--threads", "1", "--val-every", "0", "--val-full-every", "0",
                  "--log-every", "7", "--partner-weights", partner]) == 0
     assert main([*common, "--resume", "--iters", "2"]) == 0
