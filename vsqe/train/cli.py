@@ -10,6 +10,8 @@
              [--init-from FILE] [--partner-weights FILE] ...
   vsqe train --model basicvsrpp-y --data DIR --out DIR [--resume] [--frames T] [--val-frames N] ...
   vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
+  vsqe train flow --model mfqev2-y --base W.safetensors --data DIR --out DIR [--resume] [--iters N]
+             [--max-distance 4] [--smooth 0.02]   (SpyNet alone, photometric; writes DIR/grafted.safetensors)
 """
 from __future__ import annotations
 
@@ -77,7 +79,9 @@ RESUMABLE_DEFAULTS = {"iters": 60000, "threads": 2, "val_every": 500, "val_full_
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on `vsqe data build` pairs (CPU, resumable)")
-    p.add_argument("action", nargs="?", choices=["run", "export"], default="run")
+    p.add_argument("action", nargs="?", choices=["run", "export", "flow"], default="run",
+                   help="run: train a model; export: a checkpoint to .safetensors; flow: train the model's "
+                        "SpyNet alone on photometric consistency (vsqe/train/flow.py)")
     p.add_argument("--model", default="stdf")
     p.add_argument("--data", type=Path)
     p.add_argument("--out", type=Path, help="run folder (checkpoints, logs, curves); with export: the .safetensors")
@@ -119,6 +123,9 @@ def add_train_parser(sub) -> None:
                         "first --teacher-iters iterations")
     p.add_argument("--teacher-iters", type=int, help="iterations with the teacher's targets (default 0)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
+    p.add_argument("--base", help="flow: the weights whose SpyNet starts the run and receives the result")
+    p.add_argument("--max-distance", type=int, default=4, help="flow: references up to this many frames away")
+    p.add_argument("--smooth", type=float, default=0.02, help="flow: weight of the flow smoothness term")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
 
@@ -179,6 +186,8 @@ def _cmd_train(args) -> int:
         export_checkpoint(args.ckpt, args.out)
         print(f"wrote {args.out}")
         return 0
+    if args.action == "flow":
+        return _cmd_train_flow(args)
     from vsqe.train.trainer import Trainer, TrainConfig, is_recurrent_model
 
     if args.data is None or args.out is None:
@@ -240,6 +249,26 @@ def _cmd_train(args) -> int:
                       overrides=given,
                       log=lambda m: print(m, flush=True))
     trainer.run()
+    return 0
+
+
+def _cmd_train_flow(args) -> int:
+    from vsqe.train.flow import FlowConfig, FlowTrainer
+
+    if args.data is None or args.out is None or not args.base:
+        raise VsqeError("vsqe train flow needs --base FILE, --data DIR and --out DIR")
+    if not Path(args.base).is_file():
+        raise VsqeError(f"--base {args.base}: no such file")
+    given = {k: v for k, v in (("iters", args.iters), ("batch", args.batch), ("patch", args.patch), ("lr", args.lr),
+                               ("threads", args.threads), ("val_every", args.val_every),
+                               ("log_every", args.log_every), ("ckpt_minutes", args.ckpt_minutes)) if v is not None}
+    cfg = FlowConfig(data=str(args.data), out=str(args.out), base=str(args.base), model=args.model,
+                     max_distance=args.max_distance, smooth=args.smooth, precision=args.precision, seed=args.seed,
+                     warmup=args.warmup, codec_weights={"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight},
+                     **given)
+    if cfg.patch % 32 or cfg.patch < 64:
+        raise VsqeError(f"vsqe train flow: --patch must be a multiple of 32 (>= 64), got {cfg.patch}")
+    FlowTrainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True)).run()
     return 0
 
 
