@@ -268,7 +268,7 @@ def _cmd_train_flow(args) -> int:
                      **given)
     if cfg.patch % 32 or cfg.patch < 64:
         raise VsqeError(f"vsqe train flow: --patch must be a multiple of 32 (>= 64), got {cfg.patch}")
-    FlowTrainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True)).run()
+    FlowTrainer(cfg, resume=args.resume, log=lambda m: print(m, flush=True), overrides=set(given)).run()
     return 0
 
 

@@ -30,6 +30,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,12 @@ class FlowTrainer:
     """SpyNet alone, photometric loss; resumable exactly like `Trainer` (model, optimiser, sampler
     RNG, torch RNG in DIR/last.pt), best by `evaluate_flow` in DIR/best.pt, graft on the best."""
 
-    def __init__(self, cfg: FlowConfig, resume: bool = False, log=print) -> None:
+    # What a resumed run takes from the command line; the rest is the checkpoint's.
+    RESUME_OVERRIDES = ("iters", "threads", "val_every", "log_every", "ckpt_minutes")
+
+    def __init__(self, cfg: FlowConfig, resume: bool = False, log=print, overrides: Collection[str] | None = None) -> None:
+        """`overrides`: on resume, which RESUME_OVERRIDES `cfg` sets (the command line's explicit
+        ones); None = all of them."""
         from vsqe.backends.allocator import keep_freed_memory
         from vsqe.train.trainer import load_checkpoint
 
@@ -222,7 +228,7 @@ class FlowTrainer:
             state = load_checkpoint(last)
             if state.get("format") != FLOW_CKPT_FORMAT:
                 raise CheckpointError(f"{last} is not a `vsqe train flow` checkpoint")
-            keep = {"iters", "threads", "val_every", "log_every", "ckpt_minutes"}
+            keep = [k for k in self.RESUME_OVERRIDES if overrides is None or k in overrides]
             cfg = FlowConfig(**{**state["config"], **{k: getattr(cfg, k) for k in keep}})
             log(f"resuming from {last} at iteration {state['iteration']}")
         elif resume:
@@ -314,7 +320,7 @@ class FlowTrainer:
         signal.signal(signal.SIGINT, self._on_signal)
         self.log(f"training {cfg.model}'s SpyNet (photometric): batch {cfg.batch} x {cfg.patch}px, references "
                  f"1..{cfg.max_distance} frames away, lr {cfg.lr}, smooth {cfg.smooth}, {len(self.sampler.clips)} clips")
-        if self.iteration == 0:
+        if self.iteration == 0 and cfg.val_every > 0:
             self.validate()  # the base's own flow: the figure to beat
         last_ckpt, t_mark, it_mark = time.time(), time.time(), self.iteration
         acc = {"loss": 0.0, "mse_warp": 0.0, "mse_zero": 0.0, "flow_px": 0.0, "n": 0}
