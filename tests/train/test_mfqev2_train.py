@@ -201,3 +201,20 @@ def test_missing_weight_files_are_refused_at_the_start(tmp_path, capsys):
                      option, str(tmp_path / "missing.safetensors")]) != 0
         assert f"{option} {tmp_path / 'missing.safetensors'}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_freeze_flow_keeps_the_spynet_of_init_from(scaffold, tmp_path):
+    """--freeze-flow (after `vsqe train flow`): SpyNet stays exactly --init-from's, the QE net trains,
+    a resumed run keeps it frozen, and a run without --init-from is refused."""
+    first = scaffold.train("f0", 1)
+    start = scaffold.export(first, tmp_path / "start.safetensors")
+    frozen = scaffold.train("f1", 2, init_from=str(start), freeze_flow=True)
+    before = first.model.state_dict()
+    after = frozen.model.state_dict()
+    spy = [k for k in after if k.startswith("spynet.") and after[k].is_floating_point()]
+    assert spy and all(torch.equal(after[k], before[k]) for k in spy)
+    assert not torch.equal(after["rec_conv.5.weight"], before["rec_conv.5.weight"])
+    resumed = scaffold.train("f1", 3, resume=True)
+    assert resumed.cfg.freeze_flow and all(torch.equal(resumed.model.state_dict()[k], before[k]) for k in spy)
+    with pytest.raises(ValueError, match="freeze_flow needs --init-from"):
+        scaffold.train("f2", 1, freeze_flow=True)

@@ -122,6 +122,8 @@ def add_train_parser(sub) -> None:
                    help="recurrent models: a window model (e.g. stdf) whose shipped weights give the targets of the "
                         "first --teacher-iters iterations")
     p.add_argument("--teacher-iters", type=int, help="iterations with the teacher's targets (default 0)")
+    p.add_argument("--freeze-flow", action="store_true",
+                   help="models with SpyNet: keep --init-from's SpyNet fixed (after `vsqe train flow`)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.add_argument("--base", help="flow: the weights whose SpyNet starts the run and receives the result")
     p.add_argument("--max-distance", type=int, default=4, help="flow: references up to this many frames away")
@@ -232,6 +234,7 @@ def _cmd_train(args) -> int:
         per_frame=args.per_frame,
         teacher=args.teacher,
         teacher_iters=resumable["teacher_iters"],
+        freeze_flow=args.freeze_flow,
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
@@ -239,6 +242,8 @@ def _cmd_train(args) -> int:
         raise VsqeError(f"recurrent models need --patch >= 64 and --frames >= 2, got {cfg.patch} and {cfg.frames}")
     if (cfg.per_frame or cfg.teacher) and not recurrent:
         raise VsqeError(f"--per-frame and --teacher are for recurrent models (basicvsrpp-y), not {cfg.model}")
+    if cfg.freeze_flow and not cfg.init_from and not args.resume:
+        raise VsqeError("--freeze-flow needs --init-from FILE (weights whose SpyNet `vsqe train flow` trained)")
     if cfg.teacher_iters and not cfg.teacher and not args.resume:
         raise VsqeError("--teacher-iters needs --teacher MODEL")
     # found at the start, not at the first validation an hour later

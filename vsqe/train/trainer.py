@@ -93,6 +93,10 @@ class TrainConfig:
     # unpredictable part leaves it (docs/training.md §8). "" = raw frames throughout.
     teacher: str = ""
     teacher_iters: int = 0
+    # Models with SpyNet: hold its weights (those of --init-from, e.g. `vsqe train flow`'s graft)
+    # fixed. 64-px patches show SpyNet too little motion to keep what the photometric stage taught
+    # its coarse levels, and a fixed SpyNet needs no backward pass (most of an MFQEv2 step).
+    freeze_flow: bool = False
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
@@ -472,7 +476,14 @@ class Trainer:
         self.model.radius = self.radius
         if cfg.precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        if cfg.freeze_flow:
+            if not hasattr(self.model, "spynet"):
+                raise ValueError(f"freeze_flow: model {cfg.model} has no SpyNet")
+            if state is None and not cfg.init_from:
+                raise ValueError("freeze_flow needs --init-from weights whose SpyNet is trained (e.g. `vsqe train flow`)")
+            self.model.spynet.requires_grad_(False)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.999))
         self.iteration = 0
         self.best = {"delta": -1e9, "iteration": -1}
         self.elapsed = 0.0
@@ -568,7 +579,7 @@ class Trainer:
             loss = charbonnier(out.float(), target, cfg.charbonnier_eps)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.grad_clip))
         if not math.isfinite(gnorm):
             self.opt.zero_grad(set_to_none=True)  # skip a non-finite step
         else:
