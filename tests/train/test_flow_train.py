@@ -122,3 +122,38 @@ def test_cli_refuses_a_missing_base_in_one_line(tmp_path):
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "nope.safetensors: no such file" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_export_grafts_with_the_stage_record_and_cards_list_it(tiny_data, tmp_path):
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    from vsqe.train.export import export_checkpoint, weights_origin
+    from vsqe.train.ship import _has_flow_stage, _rounds_text
+
+    data, _ = tiny_data
+    base = _base(tmp_path)
+    base_sha = hashlib.sha256(base.read_bytes()).hexdigest()
+    run = FlowTrainer(_cfg(data, tmp_path / "e", base, iters=2), log=lambda m: None)
+    run.run()
+    out = tmp_path / "grafted.safetensors"
+    export_checkpoint(tmp_path / "e" / "last.pt", out)
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["flow_stage"] == "1" and meta["iteration"] == "2" and meta["max_distance"] == "2"
+    assert json.loads(meta["init_from"])["sha256"] == base_sha
+    origin = weights_origin(str(out))
+    assert _has_flow_stage(origin)
+    text = _rounds_text(origin, 7)
+    assert "round 2: SpyNet alone on photometric consistency (vsqe train flow, 64-px patches" in text
+    assert text.endswith("round 3 (this run): 7 iterations")
+
+    # the checkpoint holds SpyNet alone: grafting into a base replaced since the run began is refused
+    from vsqe.errors import CheckpointError
+
+    base.write_bytes(out.read_bytes())
+    with pytest.raises(CheckpointError, match="no longer the base this flow run started from"):
+        export_checkpoint(tmp_path / "e" / "last.pt", tmp_path / "again.safetensors")
+    assert not (tmp_path / "again.safetensors").exists()

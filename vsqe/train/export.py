@@ -28,6 +28,11 @@ def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None = None) -> dict:
     state = load_checkpoint(Path(ckpt))
+    from vsqe.train.flow import FLOW_CKPT_FORMAT, graft_checkpoint
+
+    if state.get("format") == FLOW_CKPT_FORMAT:  # SpyNet alone: grafted into the run's base weights
+        graft_checkpoint(state, out)
+        return {"iteration": state["iteration"], "elapsed": state.get("elapsed", 0.0), "best": state.get("best")}
     sd = {k: v.detach().float().contiguous() for k, v in checkpoint_weights(state).items()}
     meta = {
         "vsqe_model": state["config"]["model"],

@@ -150,8 +150,11 @@ def read_base(path: str | Path, model: str) -> dict[str, torch.Tensor]:
     return get_model_spec(model).convert_state_dict(read_state_dict(str(path)))
 
 
-def graft(base: str | Path, model: str, spynet_state: dict[str, torch.Tensor], out: str | Path) -> None:
-    """Writes `base`'s weights with spynet.* replaced by `spynet_state` (safetensors, atomic)."""
+def graft(
+    base: str | Path, model: str, spynet_state: dict[str, torch.Tensor], out: str | Path, record: dict | None = None
+) -> None:
+    """Writes `base`'s weights with spynet.* replaced by `spynet_state` (safetensors, atomic).
+    `record`: metadata telling the flow stage (a model card lists it among the rounds)."""
     from safetensors.torch import save_file
 
     state = dict(read_base(base, model))
@@ -162,9 +165,31 @@ def graft(base: str | Path, model: str, spynet_state: dict[str, torch.Tensor], o
         state[f"spynet.{k}"] = v.detach().to(state[f"spynet.{k}"].dtype).contiguous()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"vsqe_model": model, "spynet_from": "vsqe train flow", "base": str(base)})
+    meta = {"vsqe_model": model, "flow_stage": "1", **{k: v if isinstance(v, str) else json.dumps(v)
+                                                         for k, v in (record or {}).items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     tmp.replace(out)
+
+
+def graft_checkpoint(state: dict, out: str | Path) -> None:
+    """A `vsqe train flow` checkpoint's SpyNet grafted into its base weights, with the record of
+    the stage (`vsqe train export` calls this for flow checkpoints)."""
+    from vsqe.train.export import weights_origin
+
+    cfg = state["config"]
+    origin = state.get("base_origin") or json.dumps(weights_origin(cfg["base"]))  # older runs: read the file now
+    # The checkpoint holds SpyNet only; the rest comes from the base file, which must still be the
+    # one the run started from (shipping replaces files under vsqe/weights/).
+    now = weights_origin(cfg["base"]).get("sha256")
+    if now != json.loads(origin).get("sha256"):
+        raise CheckpointError(f"{cfg['base']} is no longer the base this flow run started from (sha256 differs): "
+                              "graft into a copy of the original")
+    best = state.get("best", {})
+    record = {"iteration": str(state["iteration"]), "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
+              "alignment_gain_db": f"{best.get('gain_db', float('nan')):+.4f}" if best.get("iteration") == state["iteration"]
+              else "", "patch": str(cfg["patch"]), "batch": str(cfg["batch"]), "max_distance": str(cfg["max_distance"]),
+              "smooth": str(cfg["smooth"]), "init_from": origin}
+    graft(cfg["base"], cfg["model"], state["model"], out, {k: v for k, v in record.items() if v != ""})
 
 
 @torch.no_grad()
@@ -246,8 +271,13 @@ class FlowTrainer:
         self.best = {"gain_db": -1e9, "iteration": -1}
         if state is not None:
             self.spynet.load_state_dict(state["model"])
+            self.base_origin = state["base_origin"]
         else:
+            from vsqe.train.export import weights_origin
+
             self.spynet.load_state_dict(spynet_of(read_base(cfg.base, cfg.model)))
+            # read now: the base file may be replaced later (shipping does), the graft's record may not
+            self.base_origin = json.dumps(weights_origin(cfg.base))
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         if cfg.precision == "bf16":
             self.spynet = self.spynet.to(memory_format=torch.channels_last)
@@ -264,7 +294,7 @@ class FlowTrainer:
         return {"format": FLOW_CKPT_FORMAT, "config": asdict(self.cfg), "model": self.spynet.state_dict(),
                 "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "iteration": self.iteration, "elapsed": self.elapsed,
-                "best": self.best}
+                "best": self.best, "base_origin": self.base_origin}
 
     def step(self) -> dict:
         from vsqe.train.trainer import lr_at
@@ -310,7 +340,7 @@ class FlowTrainer:
         if s["gain_db"] > self.best["gain_db"]:
             self.best = {"gain_db": s["gain_db"], "iteration": self.iteration, "per_clip": s["per_clip"]}
             self.checkpoint("best.pt")
-            graft(self.cfg.base, self.cfg.model, self.spynet.state_dict(), self.out / "grafted.safetensors")
+            graft_checkpoint(self.state(), self.out / "grafted.safetensors")
             self.log(f"new best at {self.iteration}: {s['gain_db']:+.3f} dB -> {self.out / 'grafted.safetensors'}")
         return s
 

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
         "best": state.get("best"),
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
                                                  "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
-                                                 "seed", *(("frames",) if spec.temporal == "recurrent" else ()))},
+                                                 "seed", *(("frames",) if spec.temporal == "recurrent" else ()))}
+        | ({"freeze_flow": True} if cfg.get("freeze_flow") else {}),
         "data": {
             "folder": cfg["data"],
             "clips": len(clips),
@@ -198,8 +199,14 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         "(slice-QP peaks, radius 2); SpyNet sees Y replicated to 3 channels; non-PQF network (weights) and "
         "PQF network (pqf_network)",
         "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
-        "SpyNet weights; the dense net's own BN trained as published, nothing folded)" + _rounds_text(origin, iteration),
+        "SpyNet weights" + ("; SpyNet also trained alone, see the rounds" if _has_flow_stage(origin) else "")
+        + ("; SpyNet held fixed in this run" if cfg.get("freeze_flow") else "")
+        + "; the dense net's own BN trained as published, nothing folded)" + _rounds_text(origin, iteration),
     }
+
+
+def _has_flow_stage(origin: dict | None) -> bool:
+    return origin is not None and any(st.get("flow_stage") == "1" for st in origin_chain(origin))
 
 
 def _rounds_text(origin: dict | None, iteration: int) -> str:
@@ -207,8 +214,12 @@ def _rounds_text(origin: dict | None, iteration: int) -> str:
     the rounds behind these weights, from their exports' records ("" for a single run)."""
     if origin is None:
         return ""
-    rounds = [f"round {i + 1}: {st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h"
-              for i, st in enumerate(origin_chain(origin))]
+    rounds = [f"round {i + 1}: " + (
+        f"SpyNet alone on photometric consistency (vsqe train flow, {st.get('patch', '?')}-px patches, references "
+        f"1..{st.get('max_distance', '?')} frames away): {st.get('iteration', '?')} iterations, "
+        f"{st.get('train_hours', '?')} h, dev alignment gain {st.get('alignment_gain_db', '?')} dB"
+        if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h")
+        for i, st in enumerate(origin_chain(origin))]
     rounds.append(f"round {len(rounds) + 1} (this run): {iteration} iterations")
     return f" in {len(rounds)} rounds, each starting from the weights of the one before with a fresh cosine: " + "; ".join(rounds)
 
