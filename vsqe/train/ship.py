@@ -217,7 +217,8 @@ def _rounds_text(origin: dict | None, iteration: int) -> str:
     rounds = [f"round {i + 1}: " + (
         f"SpyNet alone on photometric consistency (vsqe train flow, {st.get('patch', '?')}-px patches, references "
         f"1..{st.get('max_distance', '?')} frames away): {st.get('iteration', '?')} iterations, "
-        f"{st.get('train_hours', '?')} h, dev alignment gain {st.get('alignment_gain_db', '?')} dB"
+        f"{st.get('train_hours', '?')} h"
+        + (f", dev alignment gain {st['alignment_gain_db']} dB" if st.get("alignment_gain_db") else "")
         if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h")
         for i, st in enumerate(origin_chain(origin))]
     rounds.append(f"round {len(rounds) + 1} (this run): {iteration} iterations")
