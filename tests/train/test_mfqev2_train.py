@@ -218,3 +218,17 @@ def test_freeze_flow_keeps_the_spynet_of_init_from(scaffold, tmp_path):
     assert resumed.cfg.freeze_flow and all(torch.equal(resumed.model.state_dict()[k], before[k]) for k in spy)
     with pytest.raises(ValueError, match="freeze_flow needs --init-from"):
         scaffold.train("f2", 1, freeze_flow=True)
+
+
+def test_zero_flow_holds_spynet_at_zero_flow(scaffold):
+    """--zero-flow: SpyNet's last conv of every level is zero from the start and stays zero; the QE net trains."""
+    run = scaffold.train("z0", 2, zero_flow=True)
+    sd = run.model.state_dict()
+    for level in range(6):
+        assert not sd[f"spynet.basic_module.{level}.basic_module.4.conv.weight"].any()
+        assert not sd[f"spynet.basic_module.{level}.basic_module.4.conv.bias"].any()
+    x = torch.rand(1, 3, 1, 32, 32)
+    with torch.no_grad():
+        aligned = run.model.align(x[:, 0], x[:, 1])
+    assert torch.equal(aligned, x[:, 0])  # zero flow: the reference as it is
+    assert all(not p.requires_grad for p in run.model.spynet.parameters())

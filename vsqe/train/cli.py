@@ -124,6 +124,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--teacher-iters", type=int, help="iterations with the teacher's targets (default 0)")
     p.add_argument("--freeze-flow", action="store_true",
                    help="models with SpyNet: keep --init-from's SpyNet fixed (after `vsqe train flow`)")
+    p.add_argument("--zero-flow", action="store_true",
+                   help="models with SpyNet: set its flow to exactly zero and hold it (no motion compensation)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
     p.add_argument("--base", help="flow: the weights whose SpyNet starts the run and receives the result")
     p.add_argument("--max-distance", type=int, default=4, help="flow: references up to this many frames away")
@@ -235,6 +237,7 @@ def _cmd_train(args) -> int:
         teacher=args.teacher,
         teacher_iters=resumable["teacher_iters"],
         freeze_flow=args.freeze_flow,
+        zero_flow=args.zero_flow,
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
                                                  "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
                                                  "seed", *(("frames",) if spec.temporal == "recurrent" else ()))}
-        | ({"freeze_flow": True} if cfg.get("freeze_flow") else {}),
+        | {k: True for k in ("freeze_flow", "zero_flow") if cfg.get(k)},
         "data": {
             "folder": cfg["data"],
             "clips": len(clips),
@@ -200,7 +200,9 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         "PQF network (pqf_network)",
         "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
         "SpyNet weights" + ("; SpyNet also trained alone, see the rounds" if _has_flow_stage(origin) else "")
-        + ("; SpyNet held fixed in this run" if cfg.get("freeze_flow") else "")
+        + ("; SpyNet held fixed in this run" if cfg.get("freeze_flow") and not cfg.get("zero_flow") else "")
+        + ("; in this run SpyNet's flow was set to zero and held: no motion compensation (docs/training.md "
+           "§7, session 8)" if cfg.get("zero_flow") else "")
         + "; the dense net's own BN trained as published, nothing folded)" + _rounds_text(origin, iteration),
     }
 

@@ -97,6 +97,10 @@ class TrainConfig:
     # fixed. 64-px patches show SpyNet too little motion to keep what the photometric stage taught
     # its coarse levels, and a fixed SpyNet needs no backward pass (most of an MFQEv2 step).
     freeze_flow: bool = False
+    # Models with SpyNet: its last conv of every level zeroed and held (flow exactly 0, no motion
+    # compensation). Session 8 measured MFQEv2-Y's QE net doing better on unwarped references than
+    # on references warped by a SpyNet that aligns well (docs/training.md §7, session 8).
+    zero_flow: bool = False
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
@@ -476,10 +480,10 @@ class Trainer:
         self.model.radius = self.radius
         if cfg.precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.freeze_flow:
+        if cfg.freeze_flow or cfg.zero_flow:
             if not hasattr(self.model, "spynet"):
-                raise ValueError(f"freeze_flow: model {cfg.model} has no SpyNet")
-            if state is None and not cfg.init_from:
+                raise ValueError(f"freeze_flow / zero_flow: model {cfg.model} has no SpyNet")
+            if cfg.freeze_flow and not cfg.zero_flow and state is None and not cfg.init_from:
                 raise ValueError("freeze_flow needs --init-from weights whose SpyNet is trained (e.g. `vsqe train flow`)")
             self.model.spynet.requires_grad_(False)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -514,6 +518,9 @@ class Trainer:
             std0 = scale_residual(self.model, x, cfg.init_residual_std)
             log(f"init: residual std {std0 * 255:.2f} -> {cfg.init_residual_std * 255:.2f} levels")
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        if cfg.zero_flow and state is None:
+            zero_flow(self.model.spynet)  # held there: requires_grad is off (above)
+            log("SpyNet's flow set to zero and held (no motion compensation)")
         self._stop = False
 
     def _load_init(self, path: str) -> None:
