@@ -172,6 +172,25 @@ class PatchSampler:
             return False
         return True
 
+    def _flip_stacks(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flips and transpose of two [T, P, P] stacks alike (samplers whose targets are stacks:
+        clip segments, flow pairs); three RNG draws, in this order (part of exact resume)."""
+        rng = self.rng
+        if rng.random() < 0.5:
+            a, b = a[:, :, ::-1], b[:, :, ::-1]
+        if rng.random() < 0.5:
+            a, b = a[:, ::-1, :], b[:, ::-1, :]
+        if rng.random() < 0.5:
+            a, b = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
+        return np.ascontiguousarray(a), np.ascontiguousarray(b)
+
+    def _stacks_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y [n, T, 1, P, P] float in [0, 1] from n samples that are both [T, P, P] stacks."""
+        xs, ys = zip(*(self.sample() for _ in range(n)))
+        x = torch.from_numpy(np.stack(xs)).float().div_(255).unsqueeze(2)
+        y = torch.from_numpy(np.stack(ys)).float().div_(255).unsqueeze(2)
+        return x, y
+
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x [n, T, 1, P, P] float in [0, 1], y [n, 1, P, P]."""
         xs, ys = zip(*(self.sample() for _ in range(n)))

@@ -101,20 +101,11 @@ class FlowPairSampler(PatchSampler):
         dec = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in (t, r)])
         ref = np.stack([np.asarray(raw[i, y0 : y0 + p, x0 : x0 + p]) for i in (t, r)])
         self.last = (clip["id"], k, t, r)
-        if rng.random() < 0.5:
-            dec, ref = dec[:, :, ::-1], ref[:, :, ::-1]
-        if rng.random() < 0.5:
-            dec, ref = dec[:, ::-1, :], ref[:, ::-1, :]
-        if rng.random() < 0.5:
-            dec, ref = dec.transpose(0, 2, 1), ref.transpose(0, 2, 1)
-        return np.ascontiguousarray(dec), np.ascontiguousarray(ref)
+        return self._flip_stacks(dec, ref)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """decoded [n, 2, 1, P, P], raw [n, 2, 1, P, P], float in [0, 1]."""
-        xs, ys = zip(*(self.sample() for _ in range(n)))
-        x = torch.from_numpy(np.stack(xs)).float().div_(255).unsqueeze(2)
-        y = torch.from_numpy(np.stack(ys)).float().div_(255).unsqueeze(2)
-        return x, y
+        return self._stacks_batch(n)
 
 
 def photometric_loss(

@@ -51,18 +51,9 @@ class SegmentSampler(PatchSampler):
         # targets follow the inputs frame for frame.
         if rng.random() < 0.5:
             window, target = window[::-1], target[::-1]
-        if rng.random() < 0.5:
-            window, target = window[:, :, ::-1], target[:, :, ::-1]
-        if rng.random() < 0.5:
-            window, target = window[:, ::-1, :], target[:, ::-1, :]
-        if rng.random() < 0.5:
-            window, target = window.transpose(0, 2, 1), target.transpose(0, 2, 1)
         self.last = (clip["id"], k, t0)  # for tests and debugging
-        return np.ascontiguousarray(window), np.ascontiguousarray(target)
+        return self._flip_stacks(window, target)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x [n, T, 1, P, P] float in [0, 1] (decoded), y [n, T, 1, P, P] (raw)."""
-        xs, ys = zip(*(self.sample() for _ in range(n)))
-        x = torch.from_numpy(np.stack(xs)).float().div_(255).unsqueeze(2)
-        y = torch.from_numpy(np.stack(ys)).float().div_(255).unsqueeze(2)
-        return x, y
+        return self._stacks_batch(n)
