@@ -157,3 +157,14 @@ def test_export_grafts_with_the_stage_record_and_cards_list_it(tiny_data, tmp_pa
     with pytest.raises(CheckpointError, match="no longer the base this flow run started from"):
         export_checkpoint(tmp_path / "e" / "last.pt", tmp_path / "again.safetensors")
     assert not (tmp_path / "again.safetensors").exists()
+
+
+def test_cli_refuses_a_base_without_spynet_and_leaves_no_run_folder(tmp_path, tiny_data):
+    from vsqe.models.registry import get_model_spec
+
+    stdf = get_model_spec("stdf").default_weights_path()
+    data, _ = tiny_data
+    r = subprocess.run([sys.executable, "-m", "vsqe", "train", "flow", "--model", "stdf", "--base", str(stdf),
+                        "--data", str(data), "--out", str(tmp_path / "run"), "--iters", "1"], capture_output=True, text=True)
+    assert r.returncode != 0 and "no spynet.* keys" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "run").exists()

@@ -242,8 +242,7 @@ class FlowTrainer:
         from vsqe.backends.allocator import keep_freed_memory
         from vsqe.train.trainer import load_checkpoint
 
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = Path(cfg.out)  # made once the base and the data are known good: no empty run folder
         self.log = log
         state = None
         last = self.out / "last.pt"
@@ -276,6 +275,7 @@ class FlowTrainer:
             self.spynet.load_state_dict(spynet_of(read_base(cfg.base, cfg.model)))
             # read now: the base file may be replaced later (shipping does), the graft's record may not
             self.base_origin = json.dumps(weights_origin(cfg.base))
+            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         if cfg.precision == "bf16":
             self.spynet = self.spynet.to(memory_format=torch.channels_last)
