@@ -168,3 +168,13 @@ def test_cli_refuses_a_base_without_spynet_and_leaves_no_run_folder(tmp_path, ti
                         "--data", str(data), "--out", str(tmp_path / "run"), "--iters", "1"], capture_output=True, text=True)
     assert r.returncode != 0 and "no spynet.* keys" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "run").exists()
+
+
+def test_flow_curves_plot_from_val_csv(tmp_path):
+    from vsqe.train.flow import plot_flow_curves
+
+    (tmp_path / "val.csv").write_text("iteration,hours,gain_db,city_416x240,phone_832x480\n"
+                                      "0,0.0,-0.16,0.32,-0.13\n500,0.1,7.3,9.3,7.6\n")
+    plot_flow_curves(tmp_path)
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

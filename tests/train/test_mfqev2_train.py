@@ -214,6 +214,9 @@ def test_freeze_flow_keeps_the_spynet_of_init_from(scaffold, tmp_path):
     spy = [k for k in after if k.startswith("spynet.") and after[k].is_floating_point()]
     assert spy and all(torch.equal(after[k], before[k]) for k in spy)
     assert not torch.equal(after["rec_conv.5.weight"], before["rec_conv.5.weight"])
+    from vsqe.train.export import weights_origin
+
+    assert weights_origin(str(scaffold.export(frozen, tmp_path / "frozen.safetensors")))["spynet"] == "frozen"
     resumed = scaffold.train("f1", 3, resume=True)
     assert resumed.cfg.freeze_flow and all(torch.equal(resumed.model.state_dict()[k], before[k]) for k in spy)
     with pytest.raises(ValueError, match="freeze_flow needs --init-from"):
@@ -232,3 +235,10 @@ def test_zero_flow_holds_spynet_at_zero_flow(scaffold):
         aligned = run.model.align(x[:, 0], x[:, 1])
     assert torch.equal(aligned, x[:, 0])  # zero flow: the reference as it is
     assert all(not p.requires_grad for p in run.model.spynet.parameters())
+    # the export records it, and a card's list of rounds says it
+    from vsqe.train.export import weights_origin
+    from vsqe.train.ship import _rounds_text
+
+    out = scaffold.export(run, Path(run.cfg.out) / "z.safetensors")
+    assert weights_origin(str(out))["spynet"] == "zero flow"
+    assert "round 1: 2 iterations, 0.000 h, SpyNet's flow held at zero" in _rounds_text(weights_origin(str(out)), 1)

@@ -44,6 +44,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None =
         # file it started from with that file's own record, so a model card can tell them all.
         **(stage_record(state["config"]) if is_recurrent_model(state["config"]["model"]) else {}),
         **({"init_from": json.dumps(origin)} if (origin := run_origin(state)) is not None else {}),
+        # SpyNet held fixed or at zero flow in this run (cards list it with the round)
+        **({"spynet": "zero flow" if state["config"].get("zero_flow") else "frozen"}
+           if state["config"].get("zero_flow") or state["config"].get("freeze_flow") else {}),
         **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()},
     }
     out = Path(out)

@@ -229,6 +229,31 @@ def evaluate_flow(
             "seconds": round(time.time() - t0, 1)}
 
 
+def plot_flow_curves(out: Path) -> None:
+    """out/curves.png: the dev alignment gain (mean and per clip) against the iteration, from val.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(out / "val.csv")))
+    its = [int(r["iteration"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(its, [float(r["gain_db"]) for r in rows], "o-", label="mean")
+    for clip in [k for k in rows[0] if k not in ("iteration", "hours", "gain_db")]:
+        ax.plot(its, [float(r[clip]) for r in rows], ".--", lw=0.7, label=clip)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("dB")
+    ax.set_title("SpyNet on the dev HM frames: alignment gain over no motion")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = out / "curves.tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(out / "curves.png")
+
+
 class FlowTrainer:
     """SpyNet alone, photometric loss; resumable exactly like `Trainer` (model, optimiser, sampler
     RNG, torch RNG in DIR/last.pt), best by `evaluate_flow` in DIR/best.pt, graft on the best."""
@@ -335,6 +360,7 @@ class FlowTrainer:
                 w.writerow(["iteration", "hours", "gain_db", *s["per_clip"]])
             w.writerow([self.iteration, round(self.elapsed / 3600, 3), s["gain_db"], *s["per_clip"].values()])
         self.log(f"val it {self.iteration} ({s['seconds']}s): alignment gain {s['gain_db']:+.3f} dB {s['per_clip']}")
+        plot_flow_curves(self.out)
         if s["gain_db"] > self.best["gain_db"]:
             self.best = {"gain_db": s["gain_db"], "iteration": self.iteration, "per_clip": s["per_clip"],
                          "metric": ALIGNMENT_METRIC}

@@ -221,7 +221,8 @@ def _rounds_text(origin: dict | None, iteration: int) -> str:
         f"1..{st.get('max_distance', '?')} frames away): {st.get('iteration', '?')} iterations, "
         f"{st.get('train_hours', '?')} h"
         + (f", dev alignment gain {st['alignment_gain_db']} dB" if st.get("alignment_gain_db") else "")
-        if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h")
+        if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h"
+        + {"frozen": ", SpyNet held fixed", "zero flow": ", SpyNet's flow held at zero"}.get(st.get("spynet", ""), ""))
         for i, st in enumerate(origin_chain(origin))]
     rounds.append(f"round {len(rounds) + 1} (this run): {iteration} iterations")
     return f" in {len(rounds)} rounds, each starting from the weights of the one before with a fresh cosine: " + "; ".join(rounds)
