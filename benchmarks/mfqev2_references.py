@@ -16,7 +16,7 @@ import torch
 
 import vsqe.models.mfqev2 as mfqev2
 from vsqe.pipeline.enhancer import Enhancer
-from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags, triplet_for
+from vsqe.pipeline.pqf_schedule import triplet_for
 from vsqe.train import validate as V
 
 
@@ -24,8 +24,7 @@ def non_pqf_gain(enh: Enhancer, step: int, mode: str) -> list[float]:
     gains = []
     for clip in V.DEV_CLIPS:
         ref, dec = V._decoded(clip, "hm", V.DEV_DIR)
-        flags = qp_flags(bitstream_qps(str(V.DEV_DIR / f"{clip}{V.STREAM_SUFFIX['hm']}")))
-        lookahead = default_lookahead(flags)
+        flags, lookahead = V.dev_pqf_flags(clip, "hm", V.DEV_DIR, len(dec))
 
         def enhanced(n: int):
             left, right = (n, n) if mode == "self" else triplet_for(n, flags, lookahead)

@@ -169,20 +169,22 @@ def graft_checkpoint(state: dict, out: str | Path) -> None:
     from vsqe.train.export import weights_origin
 
     cfg = state["config"]
-    origin = state.get("base_origin") or json.dumps(weights_origin(cfg["base"]))  # older runs: read the file now
+    now = weights_origin(cfg["base"])
+    origin = state.get("base_origin") or json.dumps(now)  # older runs kept no record: the file as it is now
     # The checkpoint holds SpyNet only; the rest comes from the base file, which must still be the
     # one the run started from (shipping replaces files under vsqe/weights/).
-    now = weights_origin(cfg["base"]).get("sha256")
-    if now != json.loads(origin).get("sha256"):
+    if now.get("sha256") != json.loads(origin).get("sha256"):
         raise CheckpointError(f"{cfg['base']} is no longer the base this flow run started from (sha256 differs): "
                               "graft into a copy of the original")
     best = state.get("best", {})
+    # an alignment figure only if measured at this iteration by today's metric (the first runs
+    # averaged per-pair PSNR differences)
+    measured = best.get("iteration") == state["iteration"] and best.get("metric") == ALIGNMENT_METRIC
     record = {"iteration": str(state["iteration"]), "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
-              # only a figure of this iteration by today's metric (the first runs averaged per-pair PSNR)
-              "alignment_gain_db": f"{best['gain_db']:+.4f}"
-              if best.get("iteration") == state["iteration"] and best.get("metric") == ALIGNMENT_METRIC else "", "patch": str(cfg["patch"]), "batch": str(cfg["batch"]), "max_distance": str(cfg["max_distance"]),
+              **({"alignment_gain_db": f"{best['gain_db']:+.4f}"} if measured else {}),
+              "patch": str(cfg["patch"]), "batch": str(cfg["batch"]), "max_distance": str(cfg["max_distance"]),
               "smooth": str(cfg["smooth"]), "init_from": origin}
-    graft(cfg["base"], cfg["model"], state["model"], out, {k: v for k, v in record.items() if v != ""})
+    graft(cfg["base"], cfg["model"], state["model"], out, record)
 
 
 @torch.no_grad()
@@ -201,16 +203,15 @@ def evaluate_flow(
     Errors are pooled before the ratio because a per-pair PSNR difference is unbounded: the phone
     clip's first five frames are identical, so zero flow matches them exactly (PSNR 100 after the
     cap) and one such pair outweighs every other."""
-    from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags, triplet_for
-    from vsqe.train.validate import DEV_CLIPS, DEV_DIR, STREAM_SUFFIX, _decoded, to_8bit
+    from vsqe.pipeline.pqf_schedule import triplet_for
+    from vsqe.train.validate import DEV_CLIPS, DEV_DIR, _decoded, dev_pqf_flags, to_8bit
 
     t0 = time.time()
     spynet.eval()
     per_clip = {}
     for clip in clips or DEV_CLIPS:
         ref, dec = _decoded(clip, stream, DEV_DIR)
-        flags = qp_flags(bitstream_qps(str(DEV_DIR / f"{clip}{STREAM_SUFFIX[stream]}")))
-        lookahead = default_lookahead(flags)
+        flags, lookahead = dev_pqf_flags(clip, stream, DEV_DIR, len(dec))
         err_zero = err_warp = 0.0
         for n in range(0, len(dec), frame_step):
             for r in set(triplet_for(n, flags, lookahead)) - {n}:

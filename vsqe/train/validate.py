@@ -192,6 +192,17 @@ def evaluate_recurrent(
     return results
 
 
+def dev_pqf_flags(clip: str, stream: str, dev_dir: Path, n_frames: int) -> tuple[list[bool], int]:
+    """PQF flags of a dev stream from its slice QPs (as `vsqe run` finds them) and the scheduler's
+    look-ahead; refused when the slice headers and the decoder disagree on the frame count."""
+    from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags
+
+    flags = qp_flags(bitstream_qps(str(dev_dir / f"{clip}{STREAM_SUFFIX[stream]}")))
+    if len(flags) != n_frames:
+        raise InputError(f"{clip} {stream}: {len(flags)} slice-header frames vs {n_frames} decoded frames")
+    return flags, default_lookahead(flags)
+
+
 def evaluate_pqf(
     enhancer,
     clips: tuple[str, ...] = DEV_CLIPS,
@@ -207,16 +218,13 @@ def evaluate_pqf(
     Frames whose class ("pqf" / "nonpqf") is not in `enhance` are left as decoded (0 gain):
     a run that trains one network is measured without the other.
     """
-    from vsqe.pipeline.pqf_schedule import bitstream_qps, default_lookahead, qp_flags, triplet_for
+    from vsqe.pipeline.pqf_schedule import triplet_for
 
     results = []
     for clip in clips:
         ref, dec = _decoded(clip, stream, dev_dir)
         n_frames = len(dec)
-        flags = qp_flags(bitstream_qps(str(dev_dir / f"{clip}{STREAM_SUFFIX[stream]}")))
-        if len(flags) != n_frames:
-            raise InputError(f"{clip} {stream}: {len(flags)} slice-header frames vs {n_frames} decoded frames")
-        lookahead = default_lookahead(flags)
+        flags, lookahead = dev_pqf_flags(clip, stream, dev_dir, n_frames)
         wanted = set(range(0, n_frames, frame_step))
         if all_of is not None:
             wanted |= {n for n, f in enumerate(flags) if f == (all_of == "pqf")}
