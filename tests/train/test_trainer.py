@@ -83,3 +83,48 @@ def test_resume_keeps_the_options_the_command_line_does_not_give(tiny_data, tmp_
     cfg = load_checkpoint(out / "last.pt")["config"]
     assert (cfg["iters"], cfg["log_every"], cfg["partner_weights"]) == (3, 5, "")
     capsys.readouterr()
+
+
+def test_minutes_fit_the_schedule_to_the_measured_rate(scaffold, monkeypatch):
+    import vsqe.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "FIT_AFTER", 3)
+    # A budget far too small for more steps: the schedule ends right after the fit ...
+    run = scaffold.train("m", 1000, minutes=1e-6)
+    assert run.iteration == run.cfg.iters == 4
+    # ... and a budget of hours lets the fitted length exceed the steps measured by far.
+    logs = []
+    t = trainer.Trainer(scaffold.config("n", 3, minutes=600.0), log=logs.append)
+    t.cfg.iters = 3
+    stop_after_fit = t._fit_schedule
+    t._fit_schedule = lambda *a: (stop_after_fit(*a), setattr(t, "_stop", True))
+    t.run()
+    assert t.iteration == 3 and t.cfg.iters > 1000
+    assert any(m.startswith("schedule fitted to 600 min") for m in logs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_refused_in_one_line(tiny_data, tmp_path, capsys):
+    from vsqe.errors import InputError
+    from vsqe.train.cli import main
+    from vsqe.train.trainer import train_device
+
+    assert train_device("cpu") == torch.device("cpu")
+    for name, msg in (("cuda", "sees no CUDA GPU"), ("cuda:1", "sees no CUDA GPU"), ("mps", "only cpu and cuda"),
+                      ("bogus", "unknown device")):
+        with pytest.raises(InputError, match=msg):
+            train_device(name)
+    data, _ = tiny_data
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--device", "cuda", "--iters", "1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == "vsqe: error: device cuda: torch sees no CUDA GPU here"
+
+
+def test_device_is_not_part_of_the_run_identity(scaffold):
+    """A run may move between machines: --device is a resume override like --threads."""
+    from vsqe.train.trainer import RESUME_OVERRIDES, Trainer
+
+    assert "device" in RESUME_OVERRIDES and "minutes" in RESUME_OVERRIDES
+    scaffold.train("d", 1)
+    t = Trainer(scaffold.config("d", 2, device="cpu", threads=1), resume=True, log=lambda m: None)
+    assert t.device == torch.device("cpu") and t.iteration == 1

@@ -4,6 +4,7 @@
   vsqe data build --src DIR [--src DIR ...] --out DIR [--qp 37] [--codecs x265-ldp,x264]
                   [--clip-frames N] [--size WxH ...] [--clips-per-photo K] [--clips-per-video K] [--jobs J]
   vsqe data manifest --out DIR       (re-assemble manifest.json from the clips written so far)
+  vsqe data subset --data DIR --out DIR [--crop 256] [--frames 16] [--codecs x265-ldp] [--max-mib M] [--skip N]
   vsqe train --model stdf --data DIR --out DIR [--resume] [--iters N] [--batch B] [--patch P]
              [--lr LR] [--loss mse|charbonnier] [--no-batchnorm] [--val-every N]
   vsqe train --model mfqev2-y --pqf-role nonpqf|pqf --data DIR --out DIR [--resume]
@@ -67,6 +68,17 @@ def add_data_parser(sub) -> None:
     b.add_argument("--art", action="store_true",
                    help="build from the digital-art wallpapers only (graphics: flat colours, sharp edges)")
     b.set_defaults(func=_cmd_build, handler=_cmd_build)
+    s = dsub.add_parser("subset", help="a smaller data folder of crops (e.g. to carry to a lent GPU machine)")
+    s.add_argument("--data", required=True, type=Path, help="a `vsqe data build` folder")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--crop", type=int, default=256, help="crop side in px (8x8 grid; default %(default)s)")
+    s.add_argument("--frames", type=int, default=16, help="leading frames kept per clip (default %(default)s)")
+    s.add_argument("--codecs", default="x265-ldp", help="encodes kept (default %(default)s)")
+    s.add_argument("--max-mib", type=float, default=100.0, help="uncompressed size budget (default %(default)s)")
+    s.add_argument("--skip", type=int, default=0, help="leave out the first N clips of the seeded order "
+                   "(the previous subset's next_skip: disjoint subsets)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_subset, handler=_cmd_subset)
     m = dsub.add_parser("manifest", help="re-assemble manifest.json from the clips written so far")
     m.add_argument("--out", required=True, type=Path)
     m.set_defaults(func=_cmd_manifest, handler=_cmd_manifest)
@@ -74,7 +86,7 @@ def add_data_parser(sub) -> None:
 
 # `vsqe train` options that --resume may change (trainer.RESUME_OVERRIDES), with their defaults.
 RESUMABLE_DEFAULTS = {"iters": 60000, "threads": 2, "val_every": 500, "val_full_every": 3000, "ckpt_minutes": 5.0,
-                      "log_every": 25, "partner_weights": "", "val_frames": 12, "teacher_iters": 0}
+                      "log_every": 25, "partner_weights": "", "val_frames": 12, "teacher_iters": 0, "device": "cpu", "minutes": 0.0}
 
 
 def add_train_parser(sub) -> None:
@@ -98,6 +110,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    p.add_argument("--device", help="where the training steps run: cpu (default) or cuda[:N]; validation stays "
+                                    "on the CPU (set --val-every 0 where the dev streams cannot be decoded)")
+    p.add_argument("--minutes", type=float,
+                   help="fit the schedule (--iters) to this many minutes of steps, from the rate of the first "
+                        "60 (e.g. a lent GPU held for a fixed time); 0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--x264-weight", type=float, default=0.2, help="share of x264 pairs (rest x265 LDP)")
     p.add_argument("--val-every", type=int, help="validate on every 3rd dev frame (0: never; default 500)")
@@ -163,6 +180,18 @@ def _cmd_build(args) -> int:
         raise VsqeError(f"--clip-frames must be at least 7 (the STDF window), got {cfg.clip_frames}")
     m = build_dataset(args.src, cfg)
     print(f"{m['num_clips']} clips, {m['num_frames']} frames, {len(m['skipped'])} skipped -> {args.out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_subset(args) -> int:
+    from vsqe.data.subset import SubsetConfig, make_subset
+
+    m = make_subset(SubsetConfig(src=args.data, out=args.out, crop=args.crop, frames=args.frames,
+                                 codecs=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+                                 max_mib=args.max_mib, skip=args.skip, seed=args.seed))
+    s = m["subset"]
+    print(f"{m['num_clips']} clips, {m['num_frames']} frames, {s['bytes'] / 2**20:.1f} MiB -> {args.out} "
+          f"(next disjoint subset: --skip {s['next_skip']})")
     return 0
 
 
@@ -238,6 +267,8 @@ def _cmd_train(args) -> int:
         teacher_iters=resumable["teacher_iters"],
         freeze_flow=args.freeze_flow,
         zero_flow=args.zero_flow,
+        device=resumable["device"],
+        minutes=resumable["minutes"],
     )
     if cfg.patch % 8 or cfg.patch < 16:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
@@ -268,7 +299,7 @@ def _cmd_train_flow(args) -> int:
     if not Path(args.base).is_file():
         raise VsqeError(f"--base {args.base}: no such file")
     given = {k: v for k, v in (("iters", args.iters), ("batch", args.batch), ("patch", args.patch), ("lr", args.lr),
-                               ("threads", args.threads), ("val_every", args.val_every),
+                               ("threads", args.threads), ("device", args.device), ("val_every", args.val_every),
                                ("log_every", args.log_every), ("ckpt_minutes", args.ckpt_minutes)) if v is not None}
     cfg = FlowConfig(data=str(args.data), out=str(args.out), base=str(args.base), model=args.model,
                      max_distance=args.max_distance, smooth=args.smooth, precision=args.precision, seed=args.seed,

@@ -35,12 +35,12 @@ def deform_conv2d_gs(
     dtype = torch.float32
     off = offset.to(dtype).reshape(n, groups, k, 2, ho, wo)
     ky, kx = torch.meshgrid(
-        torch.arange(kh, dtype=dtype) * dilation - padding,
-        torch.arange(kw, dtype=dtype) * dilation - padding,
+        torch.arange(kh, dtype=dtype, device=x.device) * dilation - padding,
+        torch.arange(kw, dtype=dtype, device=x.device) * dilation - padding,
         indexing="ij",
     )
-    base_y = torch.arange(ho, dtype=dtype).view(1, ho, 1) + ky.reshape(k, 1, 1)  # [k, ho, 1]
-    base_x = torch.arange(wo, dtype=dtype).view(1, 1, wo) + kx.reshape(k, 1, 1)  # [k, 1, wo]
+    base_y = torch.arange(ho, dtype=dtype, device=x.device).view(1, ho, 1) + ky.reshape(k, 1, 1)  # [k, ho, 1]
+    base_x = torch.arange(wo, dtype=dtype, device=x.device).view(1, 1, wo) + kx.reshape(k, 1, 1)  # [k, 1, wo]
     py = off[:, :, :, 0] + base_y  # [n, g, k, ho, wo]
     px = off[:, :, :, 1] + base_x
     # align_corners=True: pixel i <-> -1 + 2 i / (size - 1); zeros padding = DCN's zero corners.

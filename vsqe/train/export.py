@@ -61,7 +61,8 @@ def stage_record(config: dict) -> dict[str, str]:
     or full network, training-only BN, teacher and its iterations."""
     return {"per_frame": "1" if config.get("per_frame") else "0",
             "batchnorm": json.dumps(config.get("batchnorm", False)),
-            "teacher": config.get("teacher", ""), "teacher_iters": str(config.get("teacher_iters", 0))}
+            "teacher": config.get("teacher", ""), "teacher_iters": str(config.get("teacher_iters", 0)),
+            "device": config.get("device", "cpu")}
 
 
 def run_origin(state: dict) -> dict | None:

@@ -25,6 +25,7 @@ trained `spynet.*` in their place, and the next training run starts from that fi
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -70,6 +71,7 @@ class FlowConfig:
     ckpt_minutes: float = 5.0
     val_every: int = 500
     val_step: int = 3
+    device: str = "cpu"  # as TrainConfig.device: the steps only; validation runs on the CPU
 
 
 class FlowPairSampler(PatchSampler):
@@ -260,7 +262,7 @@ class FlowTrainer:
     RNG, torch RNG in DIR/last.pt), best by `evaluate_flow` in DIR/best.pt, graft on the best."""
 
     # What a resumed run takes from the command line; the rest is the checkpoint's.
-    RESUME_OVERRIDES = ("iters", "threads", "val_every", "log_every", "ckpt_minutes")
+    RESUME_OVERRIDES = ("iters", "threads", "val_every", "log_every", "ckpt_minutes", "device")
 
     def __init__(self, cfg: FlowConfig, resume: bool = False, log=print, overrides: Collection[str] | None = None) -> None:
         """`overrides`: on resume, which RESUME_OVERRIDES `cfg` sets (the command line's explicit
@@ -303,6 +305,10 @@ class FlowTrainer:
             self.base_origin = json.dumps(weights_origin(cfg.base))
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        from vsqe.train.trainer import train_device
+
+        self.device = train_device(cfg.device)
+        self.spynet = self.spynet.to(self.device)
         if cfg.precision == "bf16":
             self.spynet = self.spynet.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(self.spynet.parameters(), lr=cfg.lr)
@@ -325,12 +331,13 @@ class FlowTrainer:
 
         cfg = self.cfg
         x, y = self.sampler.batch(cfg.batch)
+        x, y = x.to(self.device), y.to(self.device)
         lr = lr_at(self.iteration, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
         frame, ref = as_spynet_input(x[:, 0]), as_spynet_input(x[:, 1])
         if cfg.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 flow = self.spynet(frame, ref)
         else:
             flow = self.spynet(frame, ref)
@@ -353,7 +360,9 @@ class FlowTrainer:
         save_checkpoint(self.out / name, self.state())
 
     def validate(self) -> dict:
-        s = evaluate_flow(self.spynet, frame_step=self.cfg.val_step)
+        # on the CPU, like every validation (the dev streams are decoded there)
+        net = self.spynet if self.device.type == "cpu" else copy.deepcopy(self.spynet).cpu()
+        s = evaluate_flow(net, frame_step=self.cfg.val_step)
         new = not (self.out / "val.csv").is_file()
         with open(self.out / "val.csv", "a", newline="") as f:
             w = csv.writer(f)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -32,17 +33,22 @@ from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vsqe.train.ship")
-    p.add_argument("--ckpt", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="a training checkpoint (DIR/best.pt or last.pt)")
+    src.add_argument("--weights", help="an export (`vsqe train export`) of the run's last checkpoint, e.g. from a "
+                                       "lent GPU machine where only the export came back")
     p.add_argument("--run", required=True, help="the training run folder (config, logs)")
+    p.add_argument("--data", help="the run's training-data folder on this machine (default: the path the run recorded)")
     p.add_argument("--name", help="file stem under vsqe/weights (default: the registry's default_weights)")
     p.add_argument("--pqf-ckpt", help="PQF models: the PQF network's checkpoint (a --pqf-role pqf run)")
     p.add_argument("--streams", default="hm,x265,vvenc,x264")
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--threads", type=int)
     p.add_argument("--force", action="store_true", help="ship even if a dev clip loses PSNR")
+    p.add_argument("--note", help="a sentence for the card (e.g. where earlier stages ran)")
     a = p.parse_args(argv)
 
-    state = load_checkpoint(Path(a.ckpt))
+    state = load_checkpoint(Path(a.ckpt)) if a.ckpt else state_from_export(Path(a.weights), Path(a.run))
     cfg = {**LEGACY_CONFIG, **state["config"]}
     spec = get_model_spec(cfg["model"])
     pqf_model = spec.temporal == "pqf"
@@ -60,7 +66,10 @@ def main(argv=None) -> int:
         return 2
     pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None else None
     staging = Path(a.run) / f"{name}.candidate.safetensors"
-    export_checkpoint(a.ckpt, staging)
+    if a.ckpt:
+        export_checkpoint(a.ckpt, staging)
+    else:
+        shutil.copyfile(a.weights, staging)
     pqf_staging = None
     if pqf_state is not None:
         pqf_staging = Path(a.run) / f"{pqf_name}.candidate.safetensors"
@@ -77,7 +86,7 @@ def main(argv=None) -> int:
         print(f"not shipping: HM dev dY-PSNR {hm['delta_mean']:+.4f} dB, per clip {hm['per_clip']}", file=sys.stderr)
         return 1
     manifest = {}
-    mpath = Path(cfg["data"]) / "manifest.json"
+    mpath = Path(a.data or cfg["data"]) / "manifest.json"
     if mpath.is_file():
         manifest = json.loads(mpath.read_text())
     clips_file = Path(a.run) / "clips.json"
@@ -92,7 +101,8 @@ def main(argv=None) -> int:
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
-        "selected_by": "best ΔY-PSNR on "
+        "selected_by": ("the run's last iteration (no validation during training there: the dev streams are decoded "
+                        "on the CPU machine)") if a.weights else "best ΔY-PSNR on "
         + (f"the first {cfg.get('val_frames', 12)} frames" if spec.temporal == "recurrent" else "every 3rd frame")
         + " of the dev HM QP37 streams (validation during training)",
         "best": state.get("best"),
@@ -109,6 +119,7 @@ def main(argv=None) -> int:
             "packages": packages,
             "package_licences": {k: v for k, v in manifest.get("package_licences", {}).items() if k in packages},
             "qp": manifest.get("qp"),
+            **({"subset": manifest["subset"]} if "subset" in manifest else {}),
             "codecs": {
                 "x265-ldp": "x265 3.5 forced to HM-16.5 LDP GOP4 QPs (I 37; P 40,39,40,38), --bframes 0 --keyint -1 "
                 "--no-scenecut --ref 4 --aq-mode 0 --no-cutree --no-weightp --tune psnr --frame-threads 1",
@@ -135,6 +146,7 @@ def main(argv=None) -> int:
             "best": pqf_state.get("best"),
             **({"init_from": pqf_origin} if (pqf_origin := run_origin(pqf_state)) is not None else {}),
         }} if pqf_state is not None else {}),
+        **({"note": a.note} if a.note else {}),
         "code_commit": commit,
         "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -151,8 +163,37 @@ def main(argv=None) -> int:
     return 0
 
 
+def state_from_export(weights: Path, run: Path) -> dict:
+    """What ship reads from a checkpoint, from an export and its run folder: the run's config
+    (run/config.json), the iteration and hours the export recorded, its origin record. No
+    validation figure (`best`): a run without one is shipped at its last iteration."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot ship {weights} with run {run}: {str(exc).splitlines()[0]}") from None
+    if meta.get("vsqe_model") != config.get("model") or "iteration" not in meta:
+        raise SystemExit(f"{weights} is not an export of the run in {run} (model {meta.get('vsqe_model')!r}, "
+                         f"run's {config.get('model')!r})")
+    return {"config": config, "iteration": int(meta["iteration"]),
+            "elapsed": float(meta.get("train_hours", 0)) * 3600, "best": None,
+            "init_origin": meta.get("init_from", "")}
+
+
+def _where(cfg: dict) -> str:
+    """Where the steps ran (TrainConfig.device)."""
+    device = cfg.get("device", "cpu")
+    return "CPU" if device == "cpu" else f"a lent GPU ({device})"
+
+
 def _stage_text(stage: dict) -> str:
     """One training stage of a recurrent model, from its export's record."""
+    if stage.get("flow_stage") == "1":
+        return (f"SpyNet alone on photometric consistency (vsqe train flow), {stage.get('iteration', '?')} iterations"
+                + (f", dev alignment gain {stage['alignment_gain_db']} dB" if stage.get("alignment_gain_db") else ""))
     if stage.get("per_frame") == "1":
         text = "the per-frame path alone (propagation off)"
     else:
@@ -160,6 +201,10 @@ def _stage_text(stage: dict) -> str:
     text += ", training-only BN folded on export" if stage.get("batchnorm") == "true" else ", no BN"
     if stage.get("teacher") and stage.get("teacher_iters", "0") != "0":
         text += f", the shipped {stage['teacher']} default's outputs as targets for its first {stage['teacher_iters']} iterations"
+    if stage.get("spynet") == "frozen":
+        text += ", SpyNet held fixed"
+    if stage.get("device", "cpu") != "cpu":
+        text += f", on a lent GPU ({stage['device']})"
     return text + f", {stage.get('iteration', '?')} iterations"
 
 
@@ -169,7 +214,7 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         return {
             "model": "stdf",
             "variant": "STDF-R3 Y (STDF-PyTorch layout), 7 frames, replicate borders",
-            "trained_by": "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training"
+            "trained_by": f"vsqe train ({_where(cfg)}, bf16 autocast + channels_last, grid_sample DCN for training"
             + (", training-only BN folded into the convs on export)" if cfg["batchnorm"] else ")")
             + _rounds_text(origin, iteration),
         }
@@ -180,8 +225,8 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         this_run = {**stage_record(cfg), "iteration": str(iteration)}
         stages = [_stage_text(st) for st in [*earlier, this_run]]
         trained_by = (
-            "vsqe train (CPU, bf16 autocast + channels_last, grid_sample DCN for training; SpyNet from zero flow, "
-            "no official SpyNet weights) in " + (f"{len(stages)} stages, each starting from the one before "
+            f"vsqe train ({_where(cfg)} for the last stage, bf16 autocast + channels_last, grid_sample DCN for "
+            "training; SpyNet from zero flow, no official SpyNet weights) in " + (f"{len(stages)} stages, each starting from the one before "
                                                  "(docs/training.md §8): " if len(stages) > 1 else "one stage: ")
             + "; ".join(f"{i + 1}. {t}" for i, t in enumerate(stages))
         )
@@ -198,7 +243,7 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         "variant": "MFQEv2 (PowerVQE layout) on Y: (left PQF, frame, right PQF) by vsqe's PQF schedule "
         "(slice-QP peaks, radius 2); SpyNet sees Y replicated to 3 channels; non-PQF network (weights) and "
         "PQF network (pqf_network)",
-        "trained_by": "vsqe train (CPU, bf16 autocast + channels_last; SpyNet from zero flow, no official "
+        "trained_by": f"vsqe train ({_where(cfg)}, bf16 autocast + channels_last; SpyNet from zero flow, no official "
         "SpyNet weights" + ("; SpyNet also trained alone, see the rounds" if _has_flow_stage(origin) else "")
         + ("; SpyNet held fixed in this run" if cfg.get("freeze_flow") and not cfg.get("zero_flow") else "")
         + ("; in this run SpyNet's flow was set to zero and held: no motion compensation (docs/training.md "

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from vsqe.backends.allocator import keep_freed_memory
-from vsqe.errors import CheckpointError
+from vsqe.errors import CheckpointError, InputError
 from vsqe.train.dataset import PatchSampler
 from vsqe.train.dcn import deform_conv2d_gs
 
@@ -101,13 +101,39 @@ class TrainConfig:
     # compensation). Session 8 measured MFQEv2-Y's QE net doing better on unwarped references than
     # on references warped by a SpyNet that aligns well (docs/training.md §7, session 8).
     zero_flow: bool = False
+    # Where the steps run: "cpu", or "cuda" / "cuda:N" (a lent GPU machine; docs/training.md
+    # "Training on a lent GPU"). Not part of the run's identity: a run may move between machines
+    # on resume (checkpoints hold CPU-loadable tensors). Validation always runs on the CPU, through
+    # the inference path.
+    device: str = "cpu"
+    # > 0: fit the schedule to this many minutes of steps from here: after `FIT_AFTER` steps
+    # `iters` becomes the iteration the measured rate reaches by then (the cosine follows). For a
+    # lent machine held for a fixed time; a resumed run given it refits from where it is.
+    minutes: float = 0.0
+
+
+# Steps measured before `minutes` sets the schedule's length (the first steps include warm-up).
+FIT_AFTER = 60
+
+
+def train_device(name: str) -> torch.device:
+    """The torch device of `TrainConfig.device`, refused in one line when it cannot run here."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r} (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name}: torch sees no CUDA GPU here")
+    return dev
 
 
 # What a checkpoint written before an option existed meant by it (resume stays exact).
 LEGACY_CONFIG = {"batchnorm": False, "loss": "charbonnier"}
 # Options the command line may change on resume (the run's identity comes from the checkpoint).
 RESUME_OVERRIDES = ("iters", "val_every", "val_full_every", "ckpt_minutes", "log_every", "stats_every", "threads",
-                    "partner_weights", "val_frames", "teacher_iters")
+                    "partner_weights", "val_frames", "teacher_iters", "device", "minutes")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -219,7 +245,7 @@ def build_train_model(name: str = "stdf", batchnorm: bool = False, per_frame: bo
     dc = model.ffnet.deform_conv
 
     def forward(x, offset, mask):  # training DCN: grid_sample version, fp32
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return deform_conv2d_gs(x.float(), offset.float(), mask.float(), dc.weight, dc.bias, padding=dc.padding)
 
     dc.forward = forward
@@ -238,7 +264,7 @@ def _recurrent_for_training(model: torch.nn.Module) -> None:
     for align in model.deform_align.values():
 
         def deform(x, offset, mask, align=align):  # training DCN: grid_sample version, fp32
-            with torch.autocast("cpu", enabled=False):
+            with torch.autocast(x.device.type, enabled=False):
                 return deform_conv2d_gs(x.float(), offset.float(), mask.float(), align.weight, align.bias,
                                         padding=align.padding)
 
@@ -270,13 +296,16 @@ class TeacherTargets:
         self.model, self.name, self.weights = model, name, path
         self.radius = spec.radius
 
+    def to(self, device: torch.device) -> None:
+        self.model = self.model.to(device)
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
         r = self.radius
-        index = torch.tensor([[min(max(i + d, 0), t - 1) for d in range(-r, r + 1)] for i in range(t)])
+        index = torch.tensor([[min(max(i + d, 0), t - 1) for d in range(-r, r + 1)] for i in range(t)], device=x.device)
         windows = x[:, index].flatten(0, 1)  # [N*T, 2r+1, C, H, W]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             out = self.model(windows)
         return out.float().clamp(0, 1).view_as(x)
 
@@ -478,6 +507,10 @@ class Trainer:
         self.teacher = TeacherTargets(cfg.teacher) if cfg.teacher and cfg.teacher_iters > 0 else None
         self.radius = self.model.radius
         self.model.radius = self.radius
+        self.device = train_device(cfg.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        self.model = self.model.to(self.device)
         if cfg.precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.freeze_flow or cfg.zero_flow:
@@ -515,6 +548,7 @@ class Trainer:
             if cfg.per_frame:
                 zero_propagated_inputs(self.model)
             x, _ = self.sampler.batch(cfg.batch)
+            x = x.to(self.device)
             std0 = scale_residual(self.model, x, cfg.init_residual_std)
             log(f"init: residual std {std0 * 255:.2f} -> {cfg.init_residual_std * 255:.2f} levels")
             (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -568,6 +602,8 @@ class Trainer:
     def step(self) -> dict:
         cfg = self.cfg
         x, y = self.sampler.batch(cfg.batch)
+        if self.device.type != "cpu":
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         # The loss's targets (the teacher's output early on, if any); the logged figures stay
         # against the raw frames.
         target = self.teacher(x) if self.teacher is not None and self.iteration < cfg.teacher_iters else y
@@ -576,7 +612,7 @@ class Trainer:
             g["lr"] = lr
         forward = self.model.per_frame if cfg.per_frame else self.model
         if cfg.precision == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 out = forward(x)
         else:
             out = forward(x)
@@ -605,7 +641,7 @@ class Trainer:
         from vsqe.train.validate import evaluate, summarize
 
         tmp = self.out / "val_weights.safetensors"
-        sd = {k: v.detach().float().contiguous() for k, v in plain_state_dict(self.model).items()}
+        sd = {k: v.detach().float().cpu().contiguous() for k, v in plain_state_dict(self.model).items()}
         save_file(sd, str(tmp))
         t0 = time.time()
         if self.pqf_model:
@@ -678,6 +714,9 @@ class Trainer:
             wcsv.writerow(["iteration", "hours", "loss", "lr", "gnorm", "psnr_in", "psnr_out", "it_per_s", "res_std", "live_min", "live_mean"])
         last_ckpt = time.time()
         t_mark, it_mark = time.time(), self.iteration
+        fit_at, t_start = (self.iteration + FIT_AFTER, time.time()) if cfg.minutes > 0 else (None, 0.0)
+        if fit_at is not None:
+            cfg.iters = max(cfg.iters, fit_at + 1)  # until the fit (the warm-up holds the lr meanwhile)
         acc = {"loss": 0.0, "gnorm": 0.0, "mse_in": 0.0, "mse_out": 0.0, "n": 0}
         self.log(
             f"training {cfg.model}: batch {cfg.batch} x {cfg.patch}px, lr {cfg.lr}, {cfg.precision}, "
@@ -694,6 +733,8 @@ class Trainer:
                 for k in ("loss", "gnorm", "mse_in", "mse_out"):
                     acc[k] += r[k]
                 acc["n"] += 1
+                if self.iteration == fit_at:
+                    self._fit_schedule(fit_at, t_start)
                 hl = None
                 if self.iteration % cfg.stats_every == 0 or self.iteration <= 1:
                     hl = health(self.model, r["x"][: min(4, len(r["x"]))])
@@ -741,6 +782,15 @@ class Trainer:
             fcsv.close()
         self.checkpoint()
         self.log(f"stopped at iteration {self.iteration} ({'signal' if self._stop else 'done'}); checkpoint {self.out / 'last.pt'}")
+
+    def _fit_schedule(self, fit_at: int, t_start: float) -> None:
+        """`minutes`: the schedule's length from the rate of the first FIT_AFTER steps."""
+        cfg = self.cfg
+        elapsed = time.time() - t_start
+        rate = FIT_AFTER / max(elapsed, 1e-6)
+        iters = fit_at - FIT_AFTER + int(rate * cfg.minutes * 60)
+        self.cfg.iters = max(iters, fit_at + 1)
+        self.log(f"schedule fitted to {cfg.minutes:g} min at {rate:.2f} it/s: {self.cfg.iters} iterations")
 
     def _on_signal(self, signum, frame) -> None:  # finish the current step, checkpoint, exit
         self._stop = True
