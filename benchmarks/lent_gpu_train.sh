@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Training on a lent GPU machine (docs/training.md, "Training on a lent GPU"): runs in the repo root
-# there, with a `vsqe data subset` folder packed as .gpu/pack.tar.xz beside it, and writes what comes
-# back to $OUT. Two trainings share the GPU (each alone is bound by kernel launches, not by the GPU):
-#   * BasicVSR++-Y from scratch: initial weights, `vsqe train flow` (SpyNet alone, photometric),
-#     graft, then the network with that SpyNet held (--freeze-flow), schedule fitted to the time left;
-#     or, with B_INIT=FILE, a further round from those weights (no flow stage).
-#   * MFQEv2-Y's non-PQF network from M_INIT (default: the shipped weights), no motion compensation
-#     (--zero-flow, as shipped), schedule fitted to M_MIN minutes.
+# Training on a lent GPU machine (docs/training.md §9): runs in the repo root there, with a
+# `vsqe data subset` folder packed as .gpu/pack.tar.xz (and the native DCN modules, .gpu/*.so)
+# beside it, and writes what comes back to $OUT. Trainings that do not depend on each other run
+# side by side on the one GPU.
+#   * BasicVSR++-Y (B_PLAN=teacher, the default; docs/training.md §8): stage 1, the per-frame path
+#     under the STDF teacher, beside the SpyNet flow stage (`vsqe train flow` on fresh weights);
+#     the flow stage's SpyNet grafted into stage 1's export starts stage 2, the full network under
+#     the teacher with that SpyNet held. B_PLAN=raw: flow stage, then the full network on raw
+#     targets. B_INIT=FILE: one more stage-2 round from FILE (B_TEACHER="--teacher stdf
+#     --teacher-iters N" for the teacher). Stage 2's schedule is fitted to the time left.
+#   * MFQEv2-Y's non-PQF network from M_INIT (default: the shipped weights), no motion
+#     compensation (--zero-flow, as shipped), for M_MIN minutes (default 0: not run).
 # Validation needs PyAV (not on that machine): it runs here afterwards, on the CPU.
-# Environment: BUDGET_S (seconds the whole script may take, default 540), M_MIN, B_INIT, M_INIT,
-# B_BATCH, B_FRAMES, M_BATCH, M_LR, B_LR, FLOW_ITERS.
+# Comes back: the exports, BasicVSR++-Y's last.pt in 15 MiB pieces, logs.tgz (the runs' logs and configs).
+# Environment: BUDGET_S (seconds the whole script may take, default 540), B_PLAN, B_INIT, B_TEACHER,
+# B1_MIN, B1_BATCH, B_BATCH, B_FRAMES, B_LR, FLOW_ITERS, M_MIN, M_INIT, M_BATCH, M_LR; DEVICE (cuda)
+# and WORK (/root/lent) for a dry run elsewhere.
 set -euo pipefail
 t_start=$(date +%s)
 BUDGET_S=${BUDGET_S:-540}
@@ -58,11 +64,14 @@ flow_stage() {
 # SpyNet of the flow run grafted into FILE's weights -> $W/b-grafted.safetensors
 graft_flow_into() {
   python3 -c "
+import json
+from vsqe.train.export import weights_origin
 from vsqe.train.trainer import load_checkpoint
 from vsqe.train.flow import graft
 st = load_checkpoint('$W/flow/last.pt')
 graft('$1', 'basicvsrpp-y', st['model'], '$W/b-grafted.safetensors',
-      {'iteration': str(st['iteration']), 'flow_stage_on': 'lent GPU, no dev validation'})
+      {'iteration': str(st['iteration']), 'device': st['config'].get('device', 'cpu'),
+       'flow_stage_on': 'no dev validation there', 'init_from': json.dumps(weights_origin('$1'))})
 print('grafted', st['iteration'], 'flow iterations into $1')"
 }
 
@@ -93,6 +102,9 @@ $V train --model basicvsrpp-y --no-batchnorm --freeze-flow --init-from "$B_INIT"
 [ -z "$m_pid" ] || wait "$m_pid" || echo "mfqev2-y run failed"
 
 $V train export --ckpt "$W/b/last.pt" --out "$OUT/basicvsrpp_y.safetensors" || true
+# the checkpoint itself (exact resume, `ship --ckpt`) in pieces under the 16 MiB per-file limit:
+# here, `cat b-last.pt.part-* > last.pt`
+[ -f "$W/b/last.pt" ] && split -b 15M "$W/b/last.pt" "$OUT/b-last.pt.part-" || true
 $V train export --ckpt "$W/m/last.pt" --out "$OUT/mfqev2_y_nonpqf.safetensors" || true
 tail -n 3 "$W"/*.log
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true

@@ -206,6 +206,17 @@ def test_per_frame_stage_then_the_full_network(scaffold, tmp_path, monkeypatch):
     assert [(st["per_frame"], st["iteration"], st["teacher_iters"]) for st in chain] == [("1", "3", "2"), ("0", "1", "0")]
     assert chain[0]["file"] == str(exported)
 
+    # an export whose checkpoint stayed elsewhere (a lent GPU) ships from the export + run folder
+    exported2 = scaffold.export(stage2, tmp_path / "stage2.safetensors")
+    (tmp_path / "basicvsrpp_y_qp37.json").unlink()
+    assert ship.main(["--weights", str(exported2), "--run", stage2.cfg.out, "--streams", "hm",
+                      "--note", "trained elsewhere"]) == 0
+    card2 = json.loads((tmp_path / "basicvsrpp_y_qp37.json").read_text())
+    assert card2["trained_by"] == card["trained_by"] and card2["iterations"] == 1
+    assert card2["selected_by"].startswith("the run's last iteration") and card2["note"] == "trained elsewhere"
+    with pytest.raises(SystemExit, match="cannot ship .* with run .*nowhere"):
+        ship.main(["--weights", str(exported), "--run", str(tmp_path / "nowhere"), "--streams", "hm"])
+
 
 def test_teacher_targets_are_the_window_models_output(scaffold):
     """Each frame's target is the teacher's output on its window, clamped to the segment."""

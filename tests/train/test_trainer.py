@@ -128,3 +128,13 @@ def test_device_is_not_part_of_the_run_identity(scaffold):
     scaffold.train("d", 1)
     t = Trainer(scaffold.config("d", 2, device="cpu", threads=1), resume=True, log=lambda m: None)
     assert t.device == torch.device("cpu") and t.iteration == 1
+
+
+def test_resume_keeps_the_fitted_schedule_unless_asked_to_refit(scaffold, monkeypatch):
+    import vsqe.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "FIT_AFTER", 2)
+    run = scaffold.train("f", 1000, minutes=1e-6)
+    assert run.iteration == run.cfg.iters == 3
+    resumed = trainer.Trainer(scaffold.config("f", 5), resume=True, overrides={"iters"}, log=lambda m: None)
+    assert resumed.cfg.minutes == 0.0 and resumed.cfg.iters == 5

@@ -109,6 +109,7 @@ def main(argv=None) -> int:
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
                                                  "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
                                                  "seed", *(("frames",) if spec.temporal == "recurrent" else ()))}
+        | ({"minutes": cfg["minutes"]} if cfg.get("minutes") else {})
         | {k: True for k in ("freeze_flow", "zero_flow") if cfg.get(k)},
         "data": {
             "folder": cfg["data"],
@@ -193,14 +194,17 @@ def _stage_text(stage: dict) -> str:
     """One training stage of a recurrent model, from its export's record."""
     if stage.get("flow_stage") == "1":
         return (f"SpyNet alone on photometric consistency (vsqe train flow), {stage.get('iteration', '?')} iterations"
-                + (f", dev alignment gain {stage['alignment_gain_db']} dB" if stage.get("alignment_gain_db") else ""))
+                + (f", dev alignment gain {stage['alignment_gain_db']} dB" if stage.get("alignment_gain_db") else "")
+                + (f", on a lent GPU ({stage['device']})" if stage.get("device", "cpu") != "cpu" else ""))
     if stage.get("per_frame") == "1":
         text = "the per-frame path alone (propagation off)"
     else:
         text = "the full network on clip segments, loss over every frame"
     text += ", training-only BN folded on export" if stage.get("batchnorm") == "true" else ", no BN"
     if stage.get("teacher") and stage.get("teacher_iters", "0") != "0":
-        text += f", the shipped {stage['teacher']} default's outputs as targets for its first {stage['teacher_iters']} iterations"
+        t_iters, iters = int(stage["teacher_iters"]), int(stage.get("iteration", 0) or 0)
+        text += f", the shipped {stage['teacher']} default's outputs as targets " + (
+            "throughout" if iters and t_iters >= iters else f"for its first {t_iters} iterations")
     if stage.get("spynet") == "frozen":
         text += ", SpyNet held fixed"
     if stage.get("device", "cpu") != "cpu":
@@ -222,7 +226,8 @@ def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dic
         from vsqe.models.basicvsrpp import BASICVSRPP_Y, SEGMENT_LENGTH, SEGMENT_OVERLAP
 
         earlier = origin_chain(origin) if origin is not None else []
-        this_run = {**stage_record(cfg), "iteration": str(iteration)}
+        this_run = {**stage_record(cfg), "iteration": str(iteration),
+                    **({"spynet": "frozen"} if cfg.get("freeze_flow") and not cfg.get("zero_flow") else {})}
         stages = [_stage_text(st) for st in [*earlier, this_run]]
         trained_by = (
             f"vsqe train ({_where(cfg)} for the last stage, bf16 autocast + channels_last, grid_sample DCN for "

@@ -460,6 +460,8 @@ class Trainer:
                 # length, validation and logging cadence, and the thread count.
                 changed = RESUME_OVERRIDES if overrides is None else [k for k in RESUME_OVERRIDES if k in overrides]
                 merged = {**LEGACY_CONFIG, **saved, **{k: getattr(cfg, k) for k in changed}}
+                if "minutes" not in changed:
+                    merged["minutes"] = 0.0  # the saved fit is in `iters`; refit only when asked again
                 merged["val_clips"] = tuple(merged["val_clips"])
                 self.cfg = cfg = TrainConfig(**merged)
                 torch.set_num_threads(cfg.threads)
@@ -790,6 +792,8 @@ class Trainer:
         rate = FIT_AFTER / max(elapsed, 1e-6)
         iters = fit_at - FIT_AFTER + int(rate * cfg.minutes * 60)
         self.cfg.iters = max(iters, fit_at + 1)
+        # config.json tells the schedule the run follows (cards read it where only an export came back)
+        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1))
         self.log(f"schedule fitted to {cfg.minutes:g} min at {rate:.2f} it/s: {self.cfg.iters} iterations")
 
     def _on_signal(self, signum, frame) -> None:  # finish the current step, checkpoint, exit
