@@ -158,6 +158,18 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
     assert card["init_from"]["pqf_role"] == "nonpqf" and card["init_from"]["iteration"] == "3"
     assert card["init_from"]["sha256"] == first_round
 
+    # a new non-PQF network beside the PQF network already shipped (--pqf-weights): measured with
+    # it, the file left as it was, the card telling where it came from
+    shipped_pqf = weights_dir / "mfqev2_y_pqf_qp37.safetensors"
+    before = shipped_pqf.read_bytes()
+    calls.clear()
+    assert ship.main(["--ckpt", str(Path(round2.cfg.out) / "last.pt"), "--run", round2.cfg.out,
+                      "--pqf-weights", str(shipped_pqf), "--streams", "hm"]) == 0
+    assert calls == [("mfqev2-y", "mfqev2_y_qp37.candidate.safetensors", "mfqev2_y_pqf_qp37.candidate.safetensors")]
+    assert shipped_pqf.read_bytes() == before
+    kept = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())["pqf_network"]["kept_from"]
+    assert kept["pqf_role"] == "pqf" and kept["sha256"] == hashlib.sha256(before).hexdigest()
+
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")
     dst = tmp_path / "out.y4m"

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from vsqe.models.registry import WEIGHTS_DIR, get_model_spec
-from vsqe.train.export import export_checkpoint, origin_chain, run_origin, stage_record
+from vsqe.train.export import export_checkpoint, origin_chain, run_origin, stage_record, weights_origin
 from vsqe.train.report import report
 from vsqe.train.trainer import LEGACY_CONFIG, load_checkpoint
 
@@ -40,7 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="the training run folder (config, logs)")
     p.add_argument("--data", help="the run's training-data folder on this machine (default: the path the run recorded)")
     p.add_argument("--name", help="file stem under vsqe/weights (default: the registry's default_weights)")
-    p.add_argument("--pqf-ckpt", help="PQF models: the PQF network's checkpoint (a --pqf-role pqf run)")
+    pqf = p.add_mutually_exclusive_group()
+    pqf.add_argument("--pqf-ckpt", help="PQF models: the PQF network's checkpoint (a --pqf-role pqf run)")
+    pqf.add_argument("--pqf-weights", help="PQF models: PQF-network weights already exported, e.g. the shipped "
+                                           "ones, kept beside the new non-PQF network (measured together)")
     p.add_argument("--streams", default="hm,x265,vvenc,x264")
     p.add_argument("--step", type=int, default=1)
     p.add_argument("--threads", type=int)
@@ -64,7 +67,10 @@ def main(argv=None) -> int:
                                   or pqf_state["config"]["model"] != spec.name):
         print(f"--pqf-ckpt {a.pqf_ckpt} is not a --pqf-role pqf run of {spec.name}", file=sys.stderr)
         return 2
-    pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None else None
+    if a.pqf_weights and not pqf_model:
+        print(f"--pqf-weights is for PQF models, not {spec.name}", file=sys.stderr)
+        return 2
+    pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None or a.pqf_weights else None
     staging = Path(a.run) / f"{name}.candidate.safetensors"
     if a.ckpt:
         export_checkpoint(a.ckpt, staging)
@@ -74,6 +80,10 @@ def main(argv=None) -> int:
     if pqf_state is not None:
         pqf_staging = Path(a.run) / f"{pqf_name}.candidate.safetensors"
         export_checkpoint(a.pqf_ckpt, pqf_staging)
+    elif a.pqf_weights:
+        pqf_staging = Path(a.run) / f"{pqf_name}.candidate.safetensors"
+        shutil.copyfile(a.pqf_weights, pqf_staging)
+        pqf_kept = weights_origin(a.pqf_weights)  # read before the copy below may replace that file
     streams = [s for s in a.streams.split(",") if s]
     cmd = (f"python -m vsqe.train.report{f' --model {spec.name}' if spec.name != 'stdf' else ''} "
            f"--weights vsqe/weights/{name}.safetensors"
@@ -101,8 +111,10 @@ def main(argv=None) -> int:
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
-        "selected_by": ("the run's last iteration (no validation during training there: the dev streams are decoded "
-                        "on the CPU machine)") if a.weights else "best ΔY-PSNR on "
+        "selected_by": ("the run's last iteration (" + (
+            "no validation during training on the lent GPU: the dev streams are decoded on the CPU machine)"
+            if cfg.get("device", "cpu") != "cpu" else "chosen by full dev measurements outside the run, see the note)"))
+        if a.weights else "best ΔY-PSNR on "
         + (f"the first {cfg.get('val_frames', 12)} frames" if spec.temporal == "recurrent" else "every 3rd frame")
         + " of the dev HM QP37 streams (validation during training)",
         "best": state.get("best"),
@@ -147,6 +159,7 @@ def main(argv=None) -> int:
             "best": pqf_state.get("best"),
             **({"init_from": pqf_origin} if (pqf_origin := run_origin(pqf_state)) is not None else {}),
         }} if pqf_state is not None else {}),
+        **({"pqf_network": {"weights": f"{pqf_name}.safetensors", "kept_from": pqf_kept}} if a.pqf_weights else {}),
         **({"note": a.note} if a.note else {}),
         "code_commit": commit,
         "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",
@@ -267,10 +280,14 @@ def _rounds_text(origin: dict | None, iteration: int) -> str:
     if origin is None:
         return ""
     rounds = [f"round {i + 1}: " + (
-        f"SpyNet alone on photometric consistency (vsqe train flow, {st.get('patch', '?')}-px patches, references "
-        f"1..{st.get('max_distance', '?')} frames away): {st.get('iteration', '?')} iterations, "
-        f"{st.get('train_hours', '?')} h"
+        "SpyNet alone on photometric consistency (vsqe train flow"
+        + (f", {st['patch']}-px patches" if st.get("patch") else "")
+        + (f", references 1..{st['max_distance']} frames away" if st.get("max_distance") else "")
+        + f"): {st.get('iteration', '?')} iterations"
+        + (f", {st['train_hours']} h" if st.get("train_hours") else "")
+        + (f", on a lent GPU ({st['device']})" if st.get("device", "cpu") != "cpu" else "")
         + (f", dev alignment gain {st['alignment_gain_db']} dB" if st.get("alignment_gain_db") else "")
+        + (f" ({st['note']})" if st.get("note") else "")
         if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h"
         + {"frozen": ", SpyNet held fixed", "zero flow": ", SpyNet's flow held at zero"}.get(st.get("spynet", ""), ""))
         for i, st in enumerate(origin_chain(origin))]
