@@ -111,12 +111,7 @@ def main(argv=None) -> int:
         "weights": f"{name}.safetensors",
         "iterations": int(state["iteration"]),
         "train_wall_hours": round(state.get("elapsed", 0.0) / 3600, 3),
-        "selected_by": ("the run's last iteration (" + (
-            "no validation during training on the lent GPU: the dev streams are decoded on the CPU machine)"
-            if cfg.get("device", "cpu") != "cpu" else "chosen by full dev measurements outside the run, see the note)"))
-        if a.weights else "best ΔY-PSNR on "
-        + (f"the first {cfg.get('val_frames', 12)} frames" if spec.temporal == "recurrent" else "every 3rd frame")
-        + " of the dev HM QP37 streams (validation during training)",
+        "selected_by": _selected_by(cfg, spec.temporal, from_export=bool(a.weights)),
         "best": state.get("best"),
         "hyper_parameters": {k: cfg[k] for k in ("batch", "patch", "lr", "lr_min_ratio", "warmup", "iters", "grad_clip",
                                                  "loss", "charbonnier_eps", "batchnorm", "precision", "codec_weights",
@@ -197,18 +192,45 @@ def state_from_export(weights: Path, run: Path) -> dict:
             "init_origin": meta.get("init_from", "")}
 
 
+def _selected_by(cfg: dict, temporal: str, from_export: bool) -> str:
+    """How the shipped iteration was chosen: by validation during training, or (an export shipped
+    with --weights) the run's last one."""
+    if not from_export:
+        frames = f"the first {cfg.get('val_frames', 12)} frames" if temporal == "recurrent" else "every 3rd frame"
+        return f"best ΔY-PSNR on {frames} of the dev HM QP37 streams (validation during training)"
+    if cfg.get("device", "cpu") != "cpu":
+        return ("the run's last iteration (no validation during training on the lent GPU: the dev streams are "
+                "decoded on the CPU machine)")
+    return "the run's last iteration (chosen by full dev measurements outside the run, see the note)"
+
+
 def _where(cfg: dict) -> str:
     """Where the steps ran (TrainConfig.device)."""
     device = cfg.get("device", "cpu")
     return "CPU" if device == "cpu" else f"a lent GPU ({device})"
 
 
+def _on_device(record: dict) -> str:
+    """", on a lent GPU (cuda)" for a stage whose record says it ran on one, else ""."""
+    return "" if record.get("device", "cpu") == "cpu" else f", on {_where(record)}"
+
+
+def _flow_stage_text(st: dict) -> str:
+    """A `vsqe train flow` stage from its graft's record (fields a record lacks are left out)."""
+    return ("SpyNet alone on photometric consistency (vsqe train flow"
+            + (f", {st['patch']}-px patches" if st.get("patch") else "")
+            + (f", references 1..{st['max_distance']} frames away" if st.get("max_distance") else "")
+            + f"): {st.get('iteration', '?')} iterations"
+            + (f", {st['train_hours']} h" if st.get("train_hours") else "")
+            + _on_device(st)
+            + (f", dev alignment gain {st['alignment_gain_db']} dB" if st.get("alignment_gain_db") else "")
+            + (f" ({st['note']})" if st.get("note") else ""))
+
+
 def _stage_text(stage: dict) -> str:
     """One training stage of a recurrent model, from its export's record."""
     if stage.get("flow_stage") == "1":
-        return (f"SpyNet alone on photometric consistency (vsqe train flow), {stage.get('iteration', '?')} iterations"
-                + (f", dev alignment gain {stage['alignment_gain_db']} dB" if stage.get("alignment_gain_db") else "")
-                + (f", on a lent GPU ({stage['device']})" if stage.get("device", "cpu") != "cpu" else ""))
+        return _flow_stage_text(stage)
     if stage.get("per_frame") == "1":
         text = "the per-frame path alone (propagation off)"
     else:
@@ -220,9 +242,7 @@ def _stage_text(stage: dict) -> str:
             "throughout" if iters and t_iters >= iters else f"for its first {t_iters} iterations")
     if stage.get("spynet") == "frozen":
         text += ", SpyNet held fixed"
-    if stage.get("device", "cpu") != "cpu":
-        text += f", on a lent GPU ({stage['device']})"
-    return text + f", {stage.get('iteration', '?')} iterations"
+    return text + _on_device(stage) + f", {stage.get('iteration', '?')} iterations"
 
 
 def _identity(model: str, cfg: dict, iteration: int, origin: dict | None) -> dict:
@@ -279,17 +299,10 @@ def _rounds_text(origin: dict | None, iteration: int) -> str:
     the rounds behind these weights, from their exports' records ("" for a single run)."""
     if origin is None:
         return ""
+    held = {"frozen": ", SpyNet held fixed", "zero flow": ", SpyNet's flow held at zero"}
     rounds = [f"round {i + 1}: " + (
-        "SpyNet alone on photometric consistency (vsqe train flow"
-        + (f", {st['patch']}-px patches" if st.get("patch") else "")
-        + (f", references 1..{st['max_distance']} frames away" if st.get("max_distance") else "")
-        + f"): {st.get('iteration', '?')} iterations"
-        + (f", {st['train_hours']} h" if st.get("train_hours") else "")
-        + (f", on a lent GPU ({st['device']})" if st.get("device", "cpu") != "cpu" else "")
-        + (f", dev alignment gain {st['alignment_gain_db']} dB" if st.get("alignment_gain_db") else "")
-        + (f" ({st['note']})" if st.get("note") else "")
-        if st.get("flow_stage") == "1" else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h"
-        + {"frozen": ", SpyNet held fixed", "zero flow": ", SpyNet's flow held at zero"}.get(st.get("spynet", ""), ""))
+        _flow_stage_text(st) if st.get("flow_stage") == "1"
+        else f"{st.get('iteration', '?')} iterations, {st.get('train_hours', '?')} h" + held.get(st.get("spynet", ""), ""))
         for i, st in enumerate(origin_chain(origin))]
     rounds.append(f"round {len(rounds) + 1} (this run): {iteration} iterations")
     return f" in {len(rounds)} rounds, each starting from the weights of the one before with a fresh cosine: " + "; ".join(rounds)
