@@ -63,16 +63,7 @@ flow_stage() {
 }
 # SpyNet of the flow run grafted into FILE's weights -> $W/b-grafted.safetensors
 graft_flow_into() {
-  python3 -c "
-import json
-from vsqe.train.export import weights_origin
-from vsqe.train.trainer import load_checkpoint
-from vsqe.train.flow import graft
-st = load_checkpoint('$W/flow/last.pt')
-graft('$1', 'basicvsrpp-y', st['model'], '$W/b-grafted.safetensors',
-      {'iteration': str(st['iteration']), 'device': st['config'].get('device', 'cpu'),
-       'flow_stage_on': 'no dev validation there', 'init_from': json.dumps(weights_origin('$1'))})
-print('grafted', st['iteration'], 'flow iterations into $1')"
+  $V train export --ckpt "$W/flow/last.pt" --into "$1" --out "$W/b-grafted.safetensors"
 }
 
 if [ -n "${B_INIT:-}" ]; then
@@ -105,7 +96,7 @@ $V train export --ckpt "$W/b/last.pt" --out "$OUT/basicvsrpp_y.safetensors" || t
 # the checkpoint itself (exact resume, `ship --ckpt`) in pieces under the 16 MiB per-file limit:
 # here, `cat b-last.pt.part-* > last.pt`
 [ -f "$W/b/last.pt" ] && split -b 15M "$W/b/last.pt" "$OUT/b-last.pt.part-" || true
-$V train export --ckpt "$W/m/last.pt" --out "$OUT/mfqev2_y_nonpqf.safetensors" || true
+[ -z "$m_pid" ] || $V train export --ckpt "$W/m/last.pt" --out "$OUT/mfqev2_y_nonpqf.safetensors" || true
 tail -n 3 "$W"/*.log
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv || true
 echo "total $(( $(date +%s) - t_start )) s"

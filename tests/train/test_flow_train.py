@@ -158,6 +158,26 @@ def test_export_grafts_with_the_stage_record_and_cards_list_it(tiny_data, tmp_pa
         export_checkpoint(tmp_path / "e" / "last.pt", tmp_path / "again.safetensors")
     assert not (tmp_path / "again.safetensors").exists()
 
+    # --into: the SpyNet grafted into other weights of the model (a stage trained beside the flow
+    # stage); the record names that file as the start and keeps the stage's fields
+    import torch
+    from safetensors.torch import load_file
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(out.read_bytes())
+    into = tmp_path / "into.safetensors"
+    export_checkpoint(tmp_path / "e" / "last.pt", into, into=other)
+    got, src = load_file(str(into)), load_file(str(other))
+    assert all(torch.equal(got[k], src[k]) for k in src if not k.startswith("spynet."))
+    rec = weights_origin(str(into))
+    assert rec["flow_stage"] == "1" and rec["patch"] == "64" and rec["device"] == "cpu"
+    assert rec["init_from"]["file"] == str(other)
+    from vsqe.train.trainer import save_checkpoint
+
+    save_checkpoint(tmp_path / "plain.pt", {"format": "vsqe-train-ckpt/1", "config": {"model": "mfqev2-y"}})
+    with pytest.raises(CheckpointError, match="--into is for `vsqe train flow` checkpoints"):
+        export_checkpoint(tmp_path / "plain.pt", tmp_path / "x.safetensors", into=other)
+
 
 def test_cli_refuses_a_base_without_spynet_and_leaves_no_run_folder(tmp_path, tiny_data):
     from vsqe.models.registry import get_model_spec

@@ -10,7 +10,7 @@
   vsqe train --model mfqev2-y --pqf-role nonpqf|pqf --data DIR --out DIR [--resume]
              [--init-from FILE] [--partner-weights FILE] ...
   vsqe train --model basicvsrpp-y --data DIR --out DIR [--resume] [--frames T] [--val-frames N] ...
-  vsqe train export --ckpt DIR/best.pt --out FILE.safetensors
+  vsqe train export --ckpt DIR/best.pt --out FILE.safetensors [--into W.safetensors (flow checkpoints)]
   vsqe train flow --model mfqev2-y --base W.safetensors --data DIR --out DIR [--resume] [--iters N]
              [--max-distance 4] [--smooth 0.02]   (SpyNet alone, photometric; writes DIR/grafted.safetensors)
 """
@@ -144,6 +144,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--zero-flow", action="store_true",
                    help="models with SpyNet: set its flow to exactly zero and hold it (no motion compensation)")
     p.add_argument("--ckpt", help="export: checkpoint to export")
+    p.add_argument("--into", help="export of a flow checkpoint: graft its SpyNet into these weights (same model) "
+                                  "instead of the run's --base")
     p.add_argument("--base", help="flow: the weights whose SpyNet starts the run and receives the result")
     p.add_argument("--max-distance", type=int, default=4, help="flow: references up to this many frames away")
     p.add_argument("--smooth", type=float, default=0.02, help="flow: weight of the flow smoothness term")
@@ -216,7 +218,7 @@ def _cmd_train(args) -> int:
 
         if not args.ckpt or not args.out:
             raise VsqeError("vsqe train export needs --ckpt FILE and --out FILE.safetensors")
-        export_checkpoint(args.ckpt, args.out)
+        export_checkpoint(args.ckpt, args.out, into=args.into)
         print(f"wrote {args.out}")
         return 0
     if args.action == "flow":

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from vsqe.errors import CheckpointError
 from vsqe.train.trainer import (
     LEGACY_CONFIG,
     build_train_model,
@@ -26,13 +27,17 @@ def checkpoint_weights(state: dict) -> dict[str, torch.Tensor]:
     return plain_state_dict(model)
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None = None) -> dict:
+def export_checkpoint(ckpt: str | Path, out: str | Path, metadata: dict | None = None,
+                      into: str | Path | None = None) -> dict:
+    """`into`: flow checkpoints only, the weights that receive the SpyNet (default: the run's base)."""
     state = load_checkpoint(Path(ckpt))
     from vsqe.train.flow import FLOW_CKPT_FORMAT, graft_checkpoint
 
     if state.get("format") == FLOW_CKPT_FORMAT:  # SpyNet alone: grafted into the run's base weights
-        graft_checkpoint(state, out)
+        graft_checkpoint(state, out, into=into)
         return {"iteration": state["iteration"], "elapsed": state.get("elapsed", 0.0), "best": state.get("best")}
+    if into is not None:
+        raise CheckpointError(f"{ckpt}: --into is for `vsqe train flow` checkpoints")
     sd = {k: v.detach().float().contiguous() for k, v in checkpoint_weights(state).items()}
     meta = {
         "vsqe_model": state["config"]["model"],

@@ -165,19 +165,25 @@ def graft(
     tmp.replace(out)
 
 
-def graft_checkpoint(state: dict, out: str | Path) -> None:
+def graft_checkpoint(state: dict, out: str | Path, into: str | Path | None = None) -> None:
     """A `vsqe train flow` checkpoint's SpyNet grafted into its base weights, with the record of
-    the stage (`vsqe train export` calls this for flow checkpoints)."""
+    the stage (`vsqe train export` calls this for flow checkpoints). `into`: other weights of the
+    same model to receive it instead (e.g. a stage trained beside the flow stage); the record then
+    names that file as the one the result started from."""
     from vsqe.train.export import weights_origin
 
     cfg = state["config"]
-    now = weights_origin(cfg["base"])
-    origin = state.get("base_origin") or json.dumps(now)  # older runs kept no record: the file as it is now
-    # The checkpoint holds SpyNet only; the rest comes from the base file, which must still be the
-    # one the run started from (shipping replaces files under vsqe/weights/).
-    if now.get("sha256") != json.loads(origin).get("sha256"):
-        raise CheckpointError(f"{cfg['base']} is no longer the base this flow run started from (sha256 differs): "
-                              "graft into a copy of the original")
+    if into is not None:
+        base, origin = str(into), json.dumps(weights_origin(into))
+    else:
+        base = cfg["base"]
+        now = weights_origin(base)
+        origin = state.get("base_origin") or json.dumps(now)  # older runs kept no record: the file as it is now
+        # The checkpoint holds SpyNet only; the rest comes from the base file, which must still be the
+        # one the run started from (shipping replaces files under vsqe/weights/).
+        if now.get("sha256") != json.loads(origin).get("sha256"):
+            raise CheckpointError(f"{base} is no longer the base this flow run started from (sha256 differs): "
+                                  "graft into a copy of the original")
     best = state.get("best", {})
     # an alignment figure only if measured at this iteration by today's metric (the first runs
     # averaged per-pair PSNR differences)
@@ -185,8 +191,8 @@ def graft_checkpoint(state: dict, out: str | Path) -> None:
     record = {"iteration": str(state["iteration"]), "train_hours": f"{state.get('elapsed', 0.0) / 3600:.3f}",
               **({"alignment_gain_db": f"{best['gain_db']:+.4f}"} if measured else {}),
               "patch": str(cfg["patch"]), "batch": str(cfg["batch"]), "max_distance": str(cfg["max_distance"]),
-              "smooth": str(cfg["smooth"]), "init_from": origin}
-    graft(cfg["base"], cfg["model"], state["model"], out, record)
+              "smooth": str(cfg["smooth"]), "device": cfg.get("device", "cpu"), "init_from": origin}
+    graft(base, cfg["model"], state["model"], out, record)
 
 
 @torch.no_grad()
