@@ -138,3 +138,27 @@ def test_resume_keeps_the_fitted_schedule_unless_asked_to_refit(scaffold, monkey
     assert run.iteration == run.cfg.iters == 3
     resumed = trainer.Trainer(scaffold.config("f", 5), resume=True, overrides={"iters"}, log=lambda m: None)
     assert resumed.cfg.minutes == 0.0 and resumed.cfg.iters == 5
+
+
+def test_codecs_option_picks_the_encodes_drawn(tiny_data, tmp_path, capsys):
+    """--codecs replaces --x264-weight; a name no encoder makes, or no positive weight, is one line."""
+    from vsqe.train.cli import main
+
+    data, _ = tiny_data
+    common = ["train", "--data", str(data), "--out", str(tmp_path / "r"), "--iters", "1", "--threads", "1",
+              "--val-every", "0", "--val-full-every", "0", "--batch", "2", "--patch", "32"]
+    for bad, msg in (("nope=1", "unknown codec 'nope'"), ("x265-ldp=0", "no codec with a positive weight"),
+                     ("x265-ldp=a", "expected CODEC=WEIGHT")):
+        with pytest.raises(SystemExit) as exc:
+            main([*common, "--codecs", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert msg in err[-1]
+    # the tiny data has x265-ldp encodes only: asking for x264 alone finds no usable clip
+    assert main([*common, "--codecs", "x264=1"]) != 0
+    assert "no usable clips" in capsys.readouterr().err
+    assert main([*common, "--codecs", "x265-ldp=1"]) == 0
+    import json
+
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["codec_weights"] == {"x265-ldp": 1.0}

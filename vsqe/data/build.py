@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vsqe.data.codec import check_encoders, decode_luma, encode
+from vsqe.data.codec import SCHEDULES, check_encoders, decode_luma, encode
 from vsqe.data.debian import source_info_for
 from vsqe.data.synth import motion_clip
 from vsqe.data.yuv import rgb_to_yuv420, write_y4m
@@ -216,7 +216,7 @@ def _encode_and_store(
                 "file": f"clips/{clip_id}.{name}.npy",
                 "codec": codec,
                 "qp": cfg.qp,
-                "schedule": "HM LDP GOP4 (I qp; P qp+3,+2,+3,+1)" if codec == "x265-ldp" else "x264 --qp (I qp-3)",
+                "schedule": SCHEDULES[codec],
                 "frame_qps": qps,
                 "bytes": bitstream.stat().st_size,
                 "y_psnr": psnr,

@@ -43,6 +43,32 @@ def _range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _codec_weights(text: str) -> dict[str, float]:
+    from vsqe.data.codec import CODECS
+
+    weights: dict[str, float] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, w = item.partition("=")
+        if name not in CODECS:
+            raise argparse.ArgumentTypeError(f"unknown codec {name!r} (known: {', '.join(CODECS)})")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CODEC=WEIGHT, got {item!r}") from None
+        if weights[name] < 0:
+            raise argparse.ArgumentTypeError(f"weights must be >= 0, got {item!r}")
+    if not any(weights.values()):
+        raise argparse.ArgumentTypeError(f"no codec with a positive weight in {text!r}")
+    return weights
+
+
+def _train_codecs(args) -> dict[str, float]:
+    """--codecs, else the x265-ldp/x264 split of --x264-weight."""
+    if args.codecs:
+        return args.codecs
+    return {"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight}
+
+
 def add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="fetch source material and build training pairs")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -117,6 +143,8 @@ def add_train_parser(sub) -> None:
                         "60 (e.g. a lent GPU held for a fixed time); 0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--x264-weight", type=float, default=0.2, help="share of x264 pairs (rest x265 LDP)")
+    p.add_argument("--codecs", type=_codec_weights, metavar="CODEC=W,...",
+                   help="which encodes to draw and how often, e.g. x265-ldp-hm=1 (replaces --x264-weight)")
     p.add_argument("--val-every", type=int, help="validate on every 3rd dev frame (0: never; default 500)")
     p.add_argument("--val-full-every", type=int, help="validate on all dev frames (0: never; default 3000)")
     p.add_argument("--ckpt-minutes", type=float, help="minutes between checkpoints (default 5)")
@@ -254,7 +282,7 @@ def _cmd_train(args) -> int:
         precision=args.precision,
         threads=resumable["threads"],
         seed=args.seed,
-        codec_weights={"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight},
+        codec_weights=_train_codecs(args),
         val_every=resumable["val_every"],
         val_full_every=resumable["val_full_every"],
         ckpt_minutes=resumable["ckpt_minutes"],
@@ -305,7 +333,7 @@ def _cmd_train_flow(args) -> int:
                                ("log_every", args.log_every), ("ckpt_minutes", args.ckpt_minutes)) if v is not None}
     cfg = FlowConfig(data=str(args.data), out=str(args.out), base=str(args.base), model=args.model,
                      max_distance=args.max_distance, smooth=args.smooth, precision=args.precision, seed=args.seed,
-                     warmup=args.warmup, codec_weights={"x265-ldp": 1.0 - args.x264_weight, "x264": args.x264_weight},
+                     warmup=args.warmup, codec_weights=_train_codecs(args),
                      **given)
     if cfg.patch % 32 or cfg.patch < 64:
         raise VsqeError(f"vsqe train flow: --patch must be a multiple of 32 (>= 64), got {cfg.patch}")

@@ -131,6 +131,8 @@ def main(argv=None) -> int:
             "codecs": {
                 "x265-ldp": "x265 3.5 forced to HM-16.5 LDP GOP4 QPs (I 37; P 40,39,40,38), --bframes 0 --keyint -1 "
                 "--no-scenecut --ref 4 --aq-mode 0 --no-cutree --no-weightp --tune psnr --frame-threads 1",
+                "x265-ldp-hm": "the x265-ldp encode with the non-PQF QPs' lambda x1.5 (--lambda-file, "
+                "vsqe.data.codec.hm_lambda_file): HM's deeper quality dip between PQFs",
                 "x264": "x264 --qp 37 --bframes 0 --keyint infinite --no-scenecut --tune psnr",
             },
             "held_out": "dev clip sources (cityCC0.mpg, VID_20191220_170832.mp4, twentytwentytwo birds.mp4), "
