@@ -14,7 +14,9 @@
 # Validation needs PyAV (not on that machine): it runs here afterwards, on the CPU.
 # Comes back: the exports, BasicVSR++-Y's last.pt in 15 MiB pieces, logs.tgz (the runs' logs and configs).
 # Environment: BUDGET_S (seconds the whole script may take, default 540), B_PLAN, B_INIT, B_TEACHER,
-# B1_MIN, B1_BATCH, B_BATCH, B_FRAMES, B_LR, FLOW_ITERS, M_MIN, M_INIT, M_BATCH, M_LR; DEVICE (cuda)
+# B1_MIN, B1_BATCH, B_BATCH, B_FRAMES, B_LR, FLOW_ITERS, M_MIN, M_INIT, M_BATCH, M_LR; CODECS (the
+# encodes drawn, `vsqe train --codecs`; default x265-ldp=1: pack a subset made with the same
+# `--codecs`, e.g. x265-ldp-hm for HM-like encodes, docs/training.md §10); DEVICE (cuda)
 # and WORK (/root/lent) for a dry run elsewhere.
 set -euo pipefail
 t_start=$(date +%s)
@@ -32,7 +34,8 @@ EOF
 DATA=$(dirname "$(ls "$W"/*/manifest.json | head -1)")
 V="python3 -m vsqe.train.cli"
 DEVICE=${DEVICE:-cuda}
-COMMON="--val-every 0 --val-full-every 0 --x264-weight 0 --device $DEVICE --threads 4 --log-every 100"
+CODECS=${CODECS:-x265-ldp=1}
+COMMON="--val-every 0 --val-full-every 0 --codecs $CODECS --device $DEVICE --threads 4 --log-every 100"
 left() { echo $(( BUDGET_S - ($(date +%s) - t_start) )); }
 
 finish() {  # whatever happened: the logs come back
@@ -58,7 +61,7 @@ flow_stage() {
   $V train --model basicvsrpp-y --no-batchnorm --data "$DATA" --out "$W/b-init" --iters 0 $COMMON > "$W/b-init.log" 2>&1 &&
   $V train export --ckpt "$W/b-init/last.pt" --out "$W/b-base.safetensors" &&
   $V train flow --model basicvsrpp-y --base "$W/b-base.safetensors" --data "$DATA" --out "$W/flow" \
-     --iters "${FLOW_ITERS:-1500}" --batch 16 --patch 192 --lr 2e-4 --warmup 100 --val-every 0 --x264-weight 0 \
+     --iters "${FLOW_ITERS:-1500}" --batch 16 --patch 192 --lr 2e-4 --warmup 100 --val-every 0 --codecs "$CODECS" \
      --device "$DEVICE" --threads 4 --log-every 100 > "$W/flow.log" 2>&1
 }
 # SpyNet of the flow run grafted into FILE's weights -> $W/b-grafted.safetensors
