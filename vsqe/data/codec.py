@@ -13,8 +13,8 @@ entries weights exactly those frames. x265 3.5 does not reproduce its own defaul
 lambda file (tables of 2^(q/6-2) and 0.85 x its square code about 8% fewer bytes), so the factor
 is calibrated on what HM does, not derived from its formula: HM_LAMBDA_FACTOR 1.5 gives
 PQF-minus-non-PQF Y-PSNR gaps of 0.74 / 0.42 / 0.26 dB on the shared city / phone / birds clips
-against HM's 0.65 / 0.39 / 0.20 (plain x265-ldp: 0.42 / 0.23 / 0.08; the formula's 3.2: 1.18 /
-0.88 / 0.55). docs/training.md §10 has the table and the commands.
+against HM's 0.65 / 0.39 / 0.20 (plain x265-ldp: 0.41 / 0.20 / 0.09; the formula's 3.2: 1.18 /
+0.88 / 0.55). benchmarks/pqf_gap.py measures them; docs/training.md §10 has the table.
 """
 from __future__ import annotations
 
