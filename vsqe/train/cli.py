@@ -11,12 +11,15 @@
              [--init-from FILE] [--partner-weights FILE] ...
   vsqe train --model basicvsrpp-y --data DIR --out DIR [--resume] [--frames T] [--val-frames N] ...
   vsqe train export --ckpt DIR/best.pt --out FILE.safetensors [--into W.safetensors (flow checkpoints)]
+  vsqe train precise-bn --model mfqev2-y --init-from W.safetensors --pqf-role nonpqf|pqf --data DIR
+             --out FILE.safetensors [--codecs ...] [--batches 200] [--batch 8] [--patch 128] [--seed N]
   vsqe train flow --model mfqev2-y --base W.safetensors --data DIR --out DIR [--resume] [--iters N]
              [--max-distance 4] [--smooth 0.02]   (SpyNet alone, photometric; writes DIR/grafted.safetensors)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -117,9 +120,10 @@ RESUMABLE_DEFAULTS = {"iters": 60000, "threads": 2, "val_every": 500, "val_full_
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on `vsqe data build` pairs (CPU, resumable)")
-    p.add_argument("action", nargs="?", choices=["run", "export", "flow"], default="run",
+    p.add_argument("action", nargs="?", choices=["run", "export", "flow", "precise-bn"], default="run",
                    help="run: train a model; export: a checkpoint to .safetensors; flow: train the model's "
-                        "SpyNet alone on photometric consistency (vsqe/train/flow.py)")
+                        "SpyNet alone on photometric consistency (vsqe/train/flow.py); precise-bn: recompute "
+                        "the BN statistics of --init-from's weights on training triplets (vsqe/train/precise_bn.py)")
     p.add_argument("--model", default="stdf")
     p.add_argument("--data", type=Path)
     p.add_argument("--out", type=Path, help="run folder (checkpoints, logs, curves); with export: the .safetensors")
@@ -177,6 +181,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--base", help="flow: the weights whose SpyNet starts the run and receives the result")
     p.add_argument("--max-distance", type=int, default=4, help="flow: references up to this many frames away")
     p.add_argument("--smooth", type=float, default=0.02, help="flow: weight of the flow smoothness term")
+    p.add_argument("--batches", type=int, default=200, help="precise-bn: batches averaged (default: %(default)s)")
     p.set_defaults(func=_cmd_train, handler=_cmd_train)
 
 
@@ -240,6 +245,21 @@ def _cmd_manifest(args) -> int:
     return 0
 
 
+def _cmd_precise_bn(args) -> int:
+    from vsqe.train.precise_bn import recalibrate_weights
+
+    if not args.init_from or args.data is None or args.out is None:
+        raise VsqeError("vsqe train precise-bn needs --init-from WEIGHTS, --data DIR and --out FILE.safetensors")
+    meta = recalibrate_weights(
+        args.init_from, args.out, model=args.model, data=args.data, role=args.pqf_role,
+        codec_weights=_train_codecs(args), batches=args.batches, batch=args.batch or 8, patch=args.patch or 128,
+        seed=args.seed, threads=args.threads or 2,
+        progress=lambda i, n: print(f"\rBN statistics: batch {i}/{n}", end="" if i < n else "\n", file=sys.stderr),
+    )
+    print(f"wrote {args.out} ({json.loads(meta['bn_stats'])['batches']} batches, role {args.pqf_role})")
+    return 0
+
+
 def _cmd_train(args) -> int:
     if args.action == "export":
         from vsqe.train.export import export_checkpoint
@@ -251,6 +271,8 @@ def _cmd_train(args) -> int:
         return 0
     if args.action == "flow":
         return _cmd_train_flow(args)
+    if args.action == "precise-bn":
+        return _cmd_precise_bn(args)
     from vsqe.train.trainer import Trainer, TrainConfig, is_recurrent_model
 
     if args.data is None or args.out is None:
