@@ -254,7 +254,7 @@ def _cmd_precise_bn(args) -> int:
         args.init_from, args.out, model=args.model, data=args.data, role=args.pqf_role,
         codec_weights=_train_codecs(args), batches=args.batches, batch=args.batch or 8, patch=args.patch or 128,
         seed=args.seed, threads=args.threads or 2,
-        progress=lambda i, n: print(f"\rBN statistics: batch {i}/{n}", end="" if i < n else "\n", file=sys.stderr),
+        progress=lambda i, n: (i % 10 == 0 or i == n) and print(f"BN statistics: batch {i}/{n}", file=sys.stderr),
     )
     print(f"wrote {args.out} ({json.loads(meta['bn_stats'])['batches']} batches, role {args.pqf_role})")
     return 0
