@@ -61,24 +61,22 @@ def recalibrate_weights(weights: str | Path, out: str | Path, *, model: str, dat
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from vsqe.models import get_model_spec
     from vsqe.models.checkpoint import read_state_dict
     from vsqe.train.export import weights_origin
-    from vsqe.train.trainer import build_train_model, is_pqf_model
+    from vsqe.train.trainer import build_train_model, is_pqf_model, load_plain_weights
     from vsqe.train.triplets import TripletSampler
 
     if not is_pqf_model(model):
         raise VsqeError(f"precise-bn: model {model!r} is not a PQF model (mfqev2-y); others have no BN at inference")
     if batches < 1 or batch < 2:
         raise VsqeError(f"precise-bn needs --batches >= 1 and --batch >= 2 (BN statistics), got {batches} x {batch}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise VsqeError(f"precise-bn: output folder {out.parent} does not exist")
     torch.set_num_threads(threads)
     raw = read_state_dict(weights)
     net = build_train_model(model)
-    state = get_model_spec(model).convert_state_dict(raw)
-    own = net.state_dict()
-    if set(state) != set(own):
-        raise VsqeError(f"precise-bn: {weights} does not hold model {model!r}'s weights")
-    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    load_plain_weights(net, model, str(weights))
     sampler = TripletSampler(data, role=role, patch=patch, codec_weights=codec_weights, seed=seed)
 
     def stream():
@@ -98,7 +96,6 @@ def recalibrate_weights(weights: str | Path, out: str | Path, *, model: str, dat
                                    "data": str(data), "codecs": codec_weights, "seed": seed})
     meta["init_from"] = json.dumps(weights_origin(str(weights)))
     meta["note"] = "BN statistics recomputed (vsqe.train.precise_bn); weights as in init_from"
-    out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     save_file(written, str(tmp), metadata=meta)
     tmp.replace(out)

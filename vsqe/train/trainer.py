@@ -211,6 +211,19 @@ def passthrough(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if model.radius is None else x[:, model.radius]
 
 
+def load_plain_weights(model: torch.nn.Module, name: str, path: str) -> None:
+    """Exported weights of model `name` into its training-form `model`, key for key; only for
+    models whose training keys are the plain architecture's (no training-only BN added)."""
+    from vsqe.models import get_model_spec
+    from vsqe.models.checkpoint import read_state_dict
+
+    state = get_model_spec(name).convert_state_dict(read_state_dict(path))
+    own = model.state_dict()
+    if set(state) != set(own):
+        raise CheckpointError(f"--init-from {path}: its keys are not model {name!r}'s training keys")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
 def build_train_model(name: str = "stdf", batchnorm: bool = False, per_frame: bool = False) -> torch.nn.Module:
     """The network as trained: the DCN as grid_sample, and training-only BN where `batchnorm`
     says (recurrent models: in the per-frame parts; with `per_frame`, the first stage, in all of
@@ -562,14 +575,7 @@ class Trainer:
     def _load_init(self, path: str) -> None:
         """Starts from exported weights (e.g. the PQF run from the non-PQF run's file): only for
         models whose training keys are the plain architecture's (no training-only BN added)."""
-        from vsqe.models import get_model_spec
-        from vsqe.models.checkpoint import read_state_dict
-
-        state = get_model_spec(self.cfg.model).convert_state_dict(read_state_dict(path))
-        own = self.model.state_dict()
-        if set(state) != set(own):
-            raise CheckpointError(f"--init-from {path}: its keys are not model {self.cfg.model!r}'s training keys")
-        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        load_plain_weights(self.model, self.cfg.model, path)
 
     # -- state
     def state(self) -> dict:
