@@ -148,7 +148,7 @@ def test_y_model_keys_shapes_and_spynet_input(single_thread):
         assert y_shapes[key] == shape, key
     spec = get_model_spec("mfqev2-y")
     assert (spec.color, spec.window, spec.temporal) == ("y", 3, "pqf")
-    assert spec.default_weights == "mfqev2_y_qp37.safetensors" and spec.default_pqf_weights == "mfqev2_y_pqf_qp37.safetensors"
+    assert spec.default_weights == "mfqev2_y_qp37.safetensors" and spec.default_pqf_weights == "mfqev2_y_qp37.safetensors"
     model = spec.build().eval()
     flow = _ConstFlow()
     model.spynet = flow
@@ -160,18 +160,27 @@ def test_y_model_keys_shapes_and_spynet_input(single_thread):
 
 
 def test_shipped_pqf_weights_are_the_default_partner(tmp_path: Path, monkeypatch, single_thread):
-    """Once both default files exist, `mfqev2-y` runs with no weight options: the non-PQF file as
-    --weights, the PQF file as --pqf-weights; explicit --weights keep the one-file behaviour."""
+    """`mfqev2-y` runs with no weight options: the registry's non-PQF file as --weights and its PQF
+    file as --pqf-weights. As shipped both name one file: one network, loaded once. A registry with
+    two files gets two networks; explicit --weights keep the one-file behaviour."""
+    import dataclasses
+
     from safetensors.torch import save_file
 
     from vsqe.models import registry
     from vsqe.pipeline.enhancer import Enhancer
 
-    spec = get_model_spec("mfqev2-y")
-    torch.manual_seed(0)
-    for name in (spec.default_weights, spec.default_pqf_weights):
-        save_file({k: v.contiguous() for k, v in spec.build().state_dict().items()}, str(tmp_path / name))
+    shipped = get_model_spec("mfqev2-y")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in shipped.build().state_dict().items()}, str(tmp_path / shipped.default_weights))
+    enh = Enhancer(model="mfqev2-y", backend="torch-fp32", threads=1)
+    assert Path(enh.weights_path) == Path(enh.pqf_weights_path) == tmp_path / shipped.default_weights
+    assert enh.pqf_weights_shared and enh.pqf_backend is enh.backend
+
+    spec = dataclasses.replace(shipped, default_pqf_weights="mfqev2_y_pqf_qp37.safetensors")
+    monkeypatch.setitem(registry._REGISTRY, "mfqev2-y", spec)
+    save_file({k: v.contiguous() for k, v in spec.build().state_dict().items()}, str(tmp_path / spec.default_pqf_weights))
     enh = Enhancer(model="mfqev2-y", backend="torch-fp32", threads=1)
     assert Path(enh.weights_path) == tmp_path / spec.default_weights
     assert Path(enh.pqf_weights_path) == tmp_path / spec.default_pqf_weights and not enh.pqf_weights_shared

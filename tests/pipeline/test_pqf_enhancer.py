@@ -127,6 +127,18 @@ def test_one_set_of_weights_serves_both_and_says_so_once(two_weights, caplog):
     assert len(out) == 3 and len([r for r in caplog.records if "no PQF weights" in r.getMessage()]) == 1
 
 
+def test_the_same_file_for_both_networks_is_one_network_without_a_warning(two_weights, caplog, tmp_path):
+    """--pqf-weights naming the --weights file (by any path) loads one network, quietly: the shipped
+    mfqev2-y default is one network for both classes."""
+    link = tmp_path / "again.safetensors"
+    link.symlink_to(two_weights[0])
+    with caplog.at_level("WARNING", logger="vsqe.pipeline"):
+        enh = Enhancer("mfqev2", weights=str(two_weights[0]), pqf_weights=str(link))
+    assert enh.pqf_weights_shared and enh.pqf_backend is enh.backend
+    assert enh.pqf_weights_path == enh.weights_path
+    assert not [r for r in caplog.records if "PQF" in r.getMessage()]
+
+
 def test_options_that_do_not_apply_and_bad_values():
     with pytest.raises(ModelError, match="does not use PQFs"):
         Enhancer("stdf", require_weights=False, pqf_lookahead=4)

@@ -117,10 +117,17 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
     pqf_dir = Path(pqf_run.cfg.out)
     pqf_out = scaffold.export(pqf_run, tmp_path / "pqf.safetensors")
 
-    # shipping: both files under the registry's default names, one card (measurement stubbed: the
-    # real one runs every dev frame)
+    # shipping: the shipped registry names one file for both networks (below); first a registry
+    # with two names: both files under them, one card (measurement stubbed: the real one runs
+    # every dev frame)
+    import dataclasses
+
+    from vsqe.models import registry
     from vsqe.train import ship
 
+    one_file = registry.get_model_spec("mfqev2-y")
+    monkeypatch.setitem(registry._REGISTRY, "mfqev2-y",
+                        dataclasses.replace(one_file, default_pqf_weights="mfqev2_y_pqf_qp37.safetensors"))
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
     monkeypatch.setattr(ship, "WEIGHTS_DIR", weights_dir)
@@ -169,6 +176,27 @@ def test_train_resume_export_and_run(scaffold, tmp_path, shared_file, monkeypatc
     assert shipped_pqf.read_bytes() == before
     kept = json.loads((weights_dir / "mfqev2_y_qp37.json").read_text())["pqf_network"]["kept_from"]
     assert kept["pqf_role"] == "pqf" and kept["sha256"] == hashlib.sha256(before).hexdigest()
+
+    # the registry as shipped: one file serves both classes. Shipped alone, measured as both
+    # networks; a PQF checkpoint or a different PQF file is refused, the same file is accepted.
+    monkeypatch.setitem(registry._REGISTRY, "mfqev2-y", one_file)
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", one_dir)
+    r2 = str(Path(round2.cfg.out) / "last.pt")
+    assert ship.main(["--ckpt", r2, "--run", round2.cfg.out, "--pqf-ckpt", str(pqf_dir / "last.pt")]) == 2
+    assert ship.main(["--ckpt", r2, "--run", round2.cfg.out, "--pqf-weights", str(pqf_out)]) == 2
+    assert not list(one_dir.iterdir()) and not list(Path(round2.cfg.out).glob("*.candidate.*"))
+    calls.clear()
+    assert ship.main(["--ckpt", r2, "--run", round2.cfg.out, "--streams", "hm"]) == 0
+    assert calls == [("mfqev2-y", "mfqev2_y_qp37.candidate.safetensors", "mfqev2_y_qp37.candidate.safetensors")]
+    assert sorted(f.name for f in one_dir.iterdir()) == ["mfqev2_y_qp37.json", "mfqev2_y_qp37.safetensors"]
+    card = json.loads((one_dir / "mfqev2_y_qp37.json").read_text())
+    assert card["pqf_network"]["weights"] == "mfqev2_y_qp37.safetensors" and card["pqf_network"]["same_network"]
+    assert ("--weights vsqe/weights/mfqev2_y_qp37.safetensors --pqf-weights vsqe/weights/mfqev2_y_qp37.safetensors"
+            in card["evaluation"]["command"])
+    assert ship.main(["--ckpt", r2, "--run", round2.cfg.out, "--pqf-weights", str(one_dir / "mfqev2_y_qp37.safetensors"),
+                      "--streams", "hm"]) == 0
 
     # `vsqe run` loads both files (Y model: chroma passes through)
     src = shared_file("city_416x240_hm_ldp_qp37.hevc")
@@ -254,3 +282,77 @@ def test_zero_flow_holds_spynet_at_zero_flow(scaffold):
     out = scaffold.export(run, Path(run.cfg.out) / "z.safetensors")
     assert weights_origin(str(out))["spynet"] == "zero flow"
     assert "round 1: 2 iterations, 0.000 h, SpyNet's flow held at zero" in _rounds_text(weights_origin(str(out)), 1)
+
+
+def test_context_is_the_teachers_window_around_the_same_patch(tiny_data):
+    """With a context, the samples are the same as without one (no extra RNG draws); the context
+    is frames t-3..t+3 (replicated at the clip ends) around the triplet's patch, 16 px wider, with
+    the same flips, transpose and temporal reversal."""
+    from vsqe.pipeline.window import window_indices
+    from vsqe.train.triplets import TripletSampler
+
+    data, manifest = tiny_data
+    enc = np.load(data / manifest["clips"][0]["encodes"]["x265-ldp-qp37"]["file"])
+    plain = _sampler(data)
+    ctx = TripletSampler(data, patch=32, codec_weights={"x265-ldp": 1.0}, seed=3,
+                         context_radius=3, context_margin=16)
+    m = 16
+    padded = np.pad(enc, ((0, 0), (m, m), (m, m)), mode="edge")
+    for _ in range(10):
+        w0, t0 = plain.sample()
+        w1, t1, c = ctx.sample()
+        assert np.array_equal(w0, w1) and np.array_equal(t0, t1)
+        assert c.shape == (7, 64, 64) and c.dtype == np.uint8
+        _, _, t, _, _ = ctx.last
+        # the context's centre crop is the triplet's centre frame, and each context frame is that
+        # frame of the window, in the same orientation (the frame order reversed or not)
+        assert np.array_equal(c[3, m:-m, m:-m], w1[1])
+        frames = [padded[i] for i in window_indices(t, 3, enc.shape[0], "replicate")]
+        found = [any(_contains_any(f, np.ascontiguousarray(o)) for o in _orientations(c[0])) for f in (frames[0], frames[-1])]
+        assert any(found)
+    x, y, cx = ctx.batch_with_context(2)
+    assert x.shape == (2, 3, 1, 32, 32) and y.shape == (2, 1, 32, 32) and cx.shape == (2, 7, 1, 64, 64)
+    with pytest.raises(ValueError, match="context_radius"):
+        plain.batch_with_context(1)
+
+
+def _contains_any(frame, patch):
+    h, w = patch.shape
+    return any(
+        np.array_equal(frame[y : y + h, x : x + w], patch)
+        for y in range(0, frame.shape[0] - h + 1)
+        for x in range(0, frame.shape[1] - w + 1)
+    )
+
+
+def test_distillation_targets_are_the_teachers_centre_frame(scaffold):
+    """A PQF-model run with a teacher trains on the STDF default's output for the patch (its
+    context cropped back), for --teacher-iters iterations, and resumes exactly."""
+    from vsqe.train.trainer import TeacherTargets
+
+    run = scaffold.train("kd", 1, teacher="stdf", teacher_iters=5)
+    assert run.teacher is not None and run.teacher.weights.name == "stdf_y_qp37.safetensors"
+    assert run.sampler.context_radius == 3 and run.sampler.context_margin == TeacherTargets.MARGIN
+    x, y, c = run.sampler.batch_with_context(2)
+    target = run.teacher.centre(c, TeacherTargets.MARGIN)
+    assert target.shape == y.shape
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = run.teacher.model(c).float().clamp(0, 1)
+    m = TeacherTargets.MARGIN
+    assert torch.equal(target, whole[..., m:-m, m:-m])
+    # the teacher improves on the decoded centre (it is the shipped default), so the targets differ from raw
+    assert float((target - y).abs().mean()) > 1e-4
+    full = scaffold.train("kd_a", 3, teacher="stdf", teacher_iters=5)
+    scaffold.train("kd_b", 2, teacher="stdf", teacher_iters=5)
+    resumed = scaffold.train("kd_b", 3, resume=True, teacher="stdf", teacher_iters=5)
+    assert resumed.teacher is not None
+    scaffold.assert_resumed_exactly(full, resumed, 3)
+
+
+def test_teacher_is_refused_for_plain_window_models(tmp_path, tiny_data, capsys):
+    from vsqe.cli import main
+
+    data, _ = tiny_data
+    assert main(["train", "--model", "stdf", "--data", str(data), "--out", str(tmp_path / "r"), "--teacher", "stdf",
+                 "--teacher-iters", "2", "--iters", "1"]) != 0
+    assert "--teacher is for recurrent" in capsys.readouterr().err

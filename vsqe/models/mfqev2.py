@@ -97,10 +97,11 @@ register(
     )
 )
 
-# vsqe's own Y model: two shipped files, like the official RGB model's two checkpoints. The
-# registry's default_weights is the non-PQF network (what --weights replaces), and
-# default_pqf_weights the PQF network (what --pqf-weights replaces); neither exists until
-# `vsqe train --model mfqev2-y` has produced and shipped them (docs/training.md, MFQEv2-Y).
+# vsqe's own Y model. The registry's default_weights is the non-PQF network (what --weights
+# replaces) and default_pqf_weights the PQF network (what --pqf-weights replaces). Both name one
+# file: since session 11 the non-PQF network enhances the PQFs too, where it beat the network
+# trained for them (+0.4814 against +0.4404 dB on the dev PQFs, docs/training.md §7); the Enhancer
+# loads it once. A separately trained PQF network would get a file name of its own here.
 register(
     ModelSpec(
         name="mfqev2-y",
@@ -110,7 +111,7 @@ register(
         radius=1,
         size_multiple=1,
         default_weights="mfqev2_y_qp37.safetensors",
-        default_pqf_weights="mfqev2_y_pqf_qp37.safetensors",
+        default_pqf_weights="mfqev2_y_qp37.safetensors",
         convert_state_dict=convert_official_mfqev2,
         temporal="pqf",
     )

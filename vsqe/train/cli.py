@@ -168,8 +168,8 @@ def add_train_parser(sub) -> None:
                    help="recurrent models, first stage: train the per-frame path alone (propagation off); a later "
                         "run starts from its export with --init-from (docs/training.md §8)")
     p.add_argument("--teacher", default="", metavar="MODEL",
-                   help="recurrent models: a window model (e.g. stdf) whose shipped weights give the targets of the "
-                        "first --teacher-iters iterations")
+                   help="recurrent and PQF models: a window model (e.g. stdf) whose shipped weights give the "
+                        "targets of the first --teacher-iters iterations")
     p.add_argument("--teacher-iters", type=int, help="iterations with the teacher's targets (default 0)")
     p.add_argument("--freeze-flow", action="store_true",
                    help="models with SpyNet: keep --init-from's SpyNet fixed (after `vsqe train flow`)")
@@ -273,7 +273,7 @@ def _cmd_train(args) -> int:
         return _cmd_train_flow(args)
     if args.action == "precise-bn":
         return _cmd_precise_bn(args)
-    from vsqe.train.trainer import Trainer, TrainConfig, is_recurrent_model
+    from vsqe.train.trainer import Trainer, TrainConfig, is_pqf_model, is_recurrent_model
 
     if args.data is None or args.out is None:
         raise VsqeError("vsqe train needs --data DIR and --out DIR")
@@ -326,8 +326,10 @@ def _cmd_train(args) -> int:
         raise VsqeError(f"--patch must be a multiple of 8 (>= 16), got {cfg.patch}")
     if recurrent and (cfg.patch < 64 or cfg.frames < 2):
         raise VsqeError(f"recurrent models need --patch >= 64 and --frames >= 2, got {cfg.patch} and {cfg.frames}")
-    if (cfg.per_frame or cfg.teacher) and not recurrent:
-        raise VsqeError(f"--per-frame and --teacher are for recurrent models (basicvsrpp-y), not {cfg.model}")
+    if cfg.per_frame and not recurrent:
+        raise VsqeError(f"--per-frame is for recurrent models (basicvsrpp-y), not {cfg.model}")
+    if cfg.teacher and not (recurrent or is_pqf_model(cfg.model)):
+        raise VsqeError(f"--teacher is for recurrent (basicvsrpp-y) and PQF (mfqev2-y) models, not {cfg.model}")
     if cfg.freeze_flow and not cfg.init_from and not args.resume:
         raise VsqeError("--freeze-flow needs --init-from FILE (weights whose SpyNet `vsqe train flow` trained)")
     if cfg.teacher_iters and not cfg.teacher and not args.resume:

@@ -139,19 +139,28 @@ class PatchSampler:
         window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in idx])
         return self._augment(window, target)
 
-    def _augment(self, window: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, window: np.ndarray, target: np.ndarray, context: np.ndarray | None = None):
         """Temporal reversal of `window` [T, P, P] (for a triplet: left <-> right), flips and
-        transpose of window and 2-D target alike; all keep the 8x8 grid phase."""
+        transpose of window and 2-D target alike; all keep the 8x8 grid phase. A `context` stack
+        [T', P', P'] centred on the same patch (a teacher's input) gets the same four changes and
+        is returned third; it draws nothing more from the RNG."""
         rng = self.rng
+        ctx = context
         if rng.random() < 0.5:
             window = window[::-1]
+            ctx = None if ctx is None else ctx[::-1]
         if rng.random() < 0.5:
             window, target = window[:, :, ::-1], target[:, ::-1]
+            ctx = None if ctx is None else ctx[:, :, ::-1]
         if rng.random() < 0.5:
             window, target = window[:, ::-1, :], target[::-1, :]
+            ctx = None if ctx is None else ctx[:, ::-1, :]
         if rng.random() < 0.5:
             window, target = window.transpose(0, 2, 1), target.T
-        return np.ascontiguousarray(window), np.ascontiguousarray(target)
+            ctx = None if ctx is None else ctx.transpose(0, 2, 1)
+        if context is None:
+            return np.ascontiguousarray(window), np.ascontiguousarray(target)
+        return np.ascontiguousarray(window), np.ascontiguousarray(target), np.ascontiguousarray(ctx)
 
     def _keep(self, target: np.ndarray, centre: np.ndarray) -> bool:
         """Whether to train on this patch (draws from the RNG only when a rule applies, so the

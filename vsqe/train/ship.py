@@ -9,6 +9,8 @@
 PQF models (the model comes from the checkpoint) ship two files, the registry's default_weights
 (non-PQF network, --ckpt) and default_pqf_weights (PQF network, --pqf-ckpt; without it only the
 non-PQF file is shipped and `vsqe run` lets it enhance PQFs too, as measured), with one card.
+Where the registry names one file for both (mfqev2-y), one network is shipped and measured on
+both frame classes, and the card says so (`pqf_network.same_network`).
 
 Measures ΔY-PSNR of the exported file through the inference path (vsqe.train.report, fp32 backend)
 and writes the card next to the weights; refuses to ship weights that lose PSNR on the HM dev
@@ -70,14 +72,28 @@ def main(argv=None) -> int:
     if a.pqf_weights and not pqf_model:
         print(f"--pqf-weights is for PQF models, not {spec.name}", file=sys.stderr)
         return 2
-    pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None or a.pqf_weights else None
+    # The registry may name one file for both networks (mfqev2-y: its non-PQF network serves the
+    # PQFs too, docs/training.md §7): then one file is shipped, and a PQF network must be it.
+    same_network = pqf_model and spec.default_pqf_weights == spec.default_weights and not a.name
+    if same_network and pqf_state is not None:
+        print(f"{spec.name} ships one network for both frame classes ({spec.default_weights}); --pqf-ckpt does not "
+              "apply (give the registry its own default_pqf_weights to ship a separate PQF network)", file=sys.stderr)
+        return 2
+    pqf_name = Path(spec.default_pqf_weights).stem if pqf_state is not None or a.pqf_weights or same_network else None
     staging = Path(a.run) / f"{name}.candidate.safetensors"
     if a.ckpt:
         export_checkpoint(a.ckpt, staging)
     else:
         shutil.copyfile(a.weights, staging)
     pqf_staging = None
-    if pqf_state is not None:
+    if same_network:
+        if a.pqf_weights and not _same_tensors(Path(a.pqf_weights), staging):
+            staging.unlink()
+            print(f"{spec.name} ships one network for both frame classes ({spec.default_weights}); --pqf-weights "
+                  f"{a.pqf_weights} is a different network", file=sys.stderr)
+            return 2
+        pqf_staging = staging
+    elif pqf_state is not None:
         pqf_staging = Path(a.run) / f"{pqf_name}.candidate.safetensors"
         export_checkpoint(a.pqf_ckpt, pqf_staging)
     elif a.pqf_weights:
@@ -156,7 +172,11 @@ def main(argv=None) -> int:
             "best": pqf_state.get("best"),
             **({"init_from": pqf_origin} if (pqf_origin := run_origin(pqf_state)) is not None else {}),
         }} if pqf_state is not None else {}),
-        **({"pqf_network": {"weights": f"{pqf_name}.safetensors", "kept_from": pqf_kept}} if a.pqf_weights else {}),
+        **({"pqf_network": {"weights": f"{pqf_name}.safetensors", "kept_from": pqf_kept}}
+           if a.pqf_weights and not same_network else {}),
+        **({"pqf_network": {"weights": f"{name}.safetensors", "same_network": True,
+                            "why": "the non-PQF network enhances the PQFs too (docs/training.md §7, session 11)"}}
+           if same_network else {}),
         **({"note": a.note} if a.note else {}),
         "code_commit": commit,
         "host": f"{platform.processor() or platform.machine()}, torch {__import__('torch').__version__}",
@@ -165,13 +185,26 @@ def main(argv=None) -> int:
     dst = WEIGHTS_DIR / f"{name}.safetensors"
     card_path = WEIGHTS_DIR / f"{name}.json"
     staging.replace(dst)
-    if pqf_staging is not None:
+    if pqf_staging is not None and not same_network:
         pqf_staging.replace(WEIGHTS_DIR / f"{pqf_name}.safetensors")
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=1))
     tmp.replace(card_path)
     print(f"shipped {dst} (iteration {card['iterations']}); card {card_path}")
     return 0
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether two weight files hold the same tensors (their metadata may differ: an export of a
+    checkpoint records when and from what it was made)."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        ta, tb = load_file(str(a)), load_file(str(b))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SystemExit(f"cannot read {a}: {str(exc).splitlines()[0]}") from None
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def state_from_export(weights: Path, run: Path) -> dict:

@@ -87,10 +87,12 @@ class TrainConfig:
     # are a full network that ignores its propagation; a second run starts from them
     # (--init-from) and trains the propagation. docs/training.md §8 says why.
     per_frame: bool = False
-    # Recurrent models: for the first `teacher_iters` iterations the targets are this window
-    # model's output with its shipped default weights (e.g. "stdf"), not the raw frames: a
-    # target the network can fully predict moves it off the identity, where the raw frames'
-    # unpredictable part leaves it (docs/training.md §8). "" = raw frames throughout.
+    # Recurrent and PQF models: for the first `teacher_iters` iterations the targets are this
+    # window model's output with its shipped default weights (e.g. "stdf"), not the raw frames.
+    # Recurrent: a target the network can fully predict moves it off the identity, where the raw
+    # frames' unpredictable part leaves it (docs/training.md §8). PQF models: distillation from
+    # a teacher that generalises better to the dev streams (docs/training.md §7, session 12).
+    # "" = raw frames throughout.
     teacher: str = ""
     teacher_iters: int = 0
     # Models with SpyNet: hold its weights (those of --init-from, e.g. `vsqe train flow`'s graft)
@@ -295,10 +297,18 @@ def zero_propagated_inputs(model: torch.nn.Module) -> None:
 
 
 class TeacherTargets:
-    """A window model's outputs for every frame of a segment, as training targets: frame t of
-    x [N, T, C, H, W] enhanced from frames t-r..t+r, clamped to the segment (a clip's edge is
-    handled the same way by inference). The model has its shipped default weights and runs
-    in bf16 without gradients."""
+    """A window model's outputs as training targets. The model has its shipped default weights
+    and runs in bf16 without gradients.
+
+    * Recurrent students (`__call__`): frame t of a segment x [N, T, C, H, W] enhanced from frames
+      t-r..t+r, clamped to the segment (a clip's edge is handled the same way by inference).
+    * PQF students (`centre`): the centre frame of a context [N, 2r+1, C, P+2m, P+2m] that the
+      triplet sampler cut around the patch, cropped back to P: the margin keeps the teacher's own
+      border effects out of the target (knowledge distillation: the student learns the teacher's
+      estimate, which carries the teacher's 7-frame view and none of the raw frame's noise)."""
+
+    # Context pixels around a PQF student's patch: STDF's reconstruction sees about this far.
+    MARGIN = 16
 
     def __init__(self, name: str) -> None:
         from vsqe.models import build_model
@@ -308,6 +318,14 @@ class TeacherTargets:
             raise ValueError(f"teacher {name!r} is not a window model (stdf is)")
         self.model, self.name, self.weights = model, name, path
         self.radius = spec.radius
+        self.border = spec.border
+
+    @torch.no_grad()
+    def centre(self, context: torch.Tensor, margin: int) -> torch.Tensor:
+        with torch.autocast(context.device.type, dtype=torch.bfloat16):
+            out = self.model(context)
+        h, w = out.shape[-2:]
+        return out.float().clamp(0, 1)[..., margin : h - margin, margin : w - margin].contiguous()
 
     def to(self, device: torch.device) -> None:
         self.model = self.model.to(device)
@@ -502,9 +520,15 @@ class Trainer:
         elif self.pqf_model:
             from vsqe.train.triplets import TripletSampler
 
+            from vsqe.models.registry import get_model_spec
+
+            teacher_spec = get_model_spec(cfg.teacher) if cfg.teacher and cfg.teacher_iters > 0 else None
             self.sampler = TripletSampler(
                 cfg.data, role=cfg.pqf_role, patch=cfg.patch, codec_weights=cfg.codec_weights, seed=cfg.seed,
                 clip_ids=clip_ids,
+                context_radius=teacher_spec.radius if teacher_spec else 0,
+                context_margin=TeacherTargets.MARGIN if teacher_spec else 0,
+                context_border=teacher_spec.border if teacher_spec else "replicate",
             )
         else:
             self.sampler = PatchSampler(
@@ -516,8 +540,10 @@ class Trainer:
                 log(f"training data: {len(self.sampler.clips)} clips from {cfg.data} (refreshed)")
         if cfg.loss not in ("mse", "charbonnier"):
             raise ValueError(f"unknown loss {cfg.loss!r} (mse or charbonnier)")
-        if (cfg.per_frame or cfg.teacher) and not self.recurrent:
-            raise ValueError(f"per_frame and teacher are for recurrent models, not {cfg.model}")
+        if cfg.per_frame and not self.recurrent:
+            raise ValueError(f"per_frame is for recurrent models, not {cfg.model}")
+        if cfg.teacher and not (self.recurrent or self.pqf_model):
+            raise ValueError(f"teacher is for recurrent and PQF models, not {cfg.model}")
         self.model = build_train_model(cfg.model, batchnorm=cfg.batchnorm, per_frame=cfg.per_frame)
         self.teacher = TeacherTargets(cfg.teacher) if cfg.teacher and cfg.teacher_iters > 0 else None
         self.radius = self.model.radius
@@ -609,12 +635,21 @@ class Trainer:
     # -- one step
     def step(self) -> dict:
         cfg = self.cfg
-        x, y = self.sampler.batch(cfg.batch)
+        context = None
+        if self.teacher is not None and self.pqf_model:
+            x, y, context = self.sampler.batch_with_context(cfg.batch)
+        else:
+            x, y = self.sampler.batch(cfg.batch)
         if self.device.type != "cpu":
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        # The loss's targets (the teacher's output early on, if any); the logged figures stay
-        # against the raw frames.
-        target = self.teacher(x) if self.teacher is not None and self.iteration < cfg.teacher_iters else y
+        # The loss's targets (the teacher's output for the first teacher_iters iterations, if
+        # any); the logged figures stay against the raw frames.
+        target = y
+        if self.teacher is not None and self.iteration < cfg.teacher_iters:
+            if context is not None:
+                target = self.teacher.centre(context.to(self.device), TeacherTargets.MARGIN)
+            else:
+                target = self.teacher(x)
         lr = lr_at(self.iteration, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
