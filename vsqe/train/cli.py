@@ -1,8 +1,9 @@
 """`vsqe data ...` and `vsqe train ...` subcommands (hooked into vsqe.cli; also `python -m vsqe.train.cli`).
 
-  vsqe data fetch-debian --cache DIR [--package P ...]
+  vsqe data fetch-debian --cache DIR [--package P ...] [--held-out]
   vsqe data build --src DIR [--src DIR ...] --out DIR [--qp 37] [--codecs x265-ldp,x264]
                   [--clip-frames N] [--size WxH ...] [--clips-per-photo K] [--clips-per-video K] [--jobs J]
+                  [--art | --held-out]
   vsqe data manifest --out DIR       (re-assemble manifest.json from the clips written so far)
   vsqe data subset --data DIR --out DIR [--crop 256] [--frames 16] [--codecs x265-ldp] [--max-mib M] [--skip N]
   vsqe train --model stdf --data DIR --out DIR [--resume] [--iters N] [--batch B] [--patch P]
@@ -78,6 +79,9 @@ def add_data_parser(sub) -> None:
     f = dsub.add_parser("fetch-debian", help="apt-get download + dpkg -x the Debian packages with photos/videos")
     f.add_argument("--cache", required=True, type=Path)
     f.add_argument("--package", action="append", help="package name (repeatable; default: the built-in list)")
+    f.add_argument("--held-out", action="store_true",
+                   help="fetch the packages reserved for independent evaluation (opencv-doc), and only those, "
+                        "for `vsqe data build --held-out` (keep them in a cache of their own)")
     f.set_defaults(func=_cmd_fetch, handler=_cmd_fetch)
     b = dsub.add_parser("build", help="build (raw, compressed) clip pairs from local folders")
     b.add_argument("--src", action="append", required=True, type=Path, help="folder with photos/videos (repeatable)")
@@ -96,6 +100,9 @@ def add_data_parser(sub) -> None:
     b.add_argument("--jobs", type=int, default=1)
     b.add_argument("--art", action="store_true",
                    help="build from the digital-art wallpapers only (graphics: flat colours, sharp edges)")
+    b.add_argument("--held-out", action="store_true",
+                   help="a test set: only the reserved evaluation material's real videos, raw clips and bitstreams "
+                        "kept under OUT/streams for `python -m vsqe.train.report --dir OUT/streams`")
     b.set_defaults(func=_cmd_build, handler=_cmd_build)
     s = dsub.add_parser("subset", help="a smaller data folder of crops (e.g. to carry to a lent GPU machine)")
     s.add_argument("--data", required=True, type=Path, help="a `vsqe data build` folder")
@@ -186,9 +193,10 @@ def add_train_parser(sub) -> None:
 
 
 def _cmd_fetch(args) -> int:
-    from vsqe.data.debian import DEFAULT_PACKAGES, fetch_debian
+    from vsqe.data.debian import DEFAULT_PACKAGES, EVALUATION_PACKAGES, fetch_debian
 
-    infos = fetch_debian(args.cache, args.package or DEFAULT_PACKAGES)
+    defaults = EVALUATION_PACKAGES if args.held_out else DEFAULT_PACKAGES
+    infos = fetch_debian(args.cache, args.package or defaults, held_out=args.held_out)
     print(f"{len(infos)} packages in {args.cache}")
     return 0
 
@@ -209,10 +217,13 @@ def _cmd_build(args) -> int:
         seed=args.seed,
         jobs=args.jobs,
         art=args.art,
+        held_out=args.held_out,
         photo_blur=args.photo_blur,
     )
     if cfg.clip_frames < 7:
         raise VsqeError(f"--clip-frames must be at least 7 (the STDF window), got {cfg.clip_frames}")
+    if cfg.art and cfg.held_out:
+        raise VsqeError("--art and --held-out are two different builds (training art clips, a test set): pick one")
     m = build_dataset(args.src, cfg)
     print(f"{m['num_clips']} clips, {m['num_frames']} frames, {len(m['skipped'])} skipped -> {args.out / 'manifest.json'}")
     return 0

@@ -34,6 +34,8 @@ STREAM_SUFFIX = {
     "x265": "_x265_ldp_qp37.hevc",
     "vvenc": "_vvenc_ldp_qp37.266",
     "x264": "_x264_qp37.264",
+    # test sets (`vsqe data build --held-out`): x265 with HM's rate-distortion weighting (§10)
+    "x265-hm": "_x265_ldp_hm_qp37.hevc",
 }
 
 
