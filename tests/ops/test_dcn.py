@@ -247,8 +247,15 @@ def test_backward_deterministic():
         _, g2 = _grads(deform_conv2d, args, grad_out)
     finally:
         torch.set_num_threads(old)
-    for a, b in zip(g1, g2):
+    # The native col2im (input, offset, mask) and the bias sum are bit-identical at any thread
+    # count. The weight gradient is an MKL GEMM over the pixels (`_grad_weight_add`), whose split
+    # of that reduction depends on the thread count on some CPUs (seen in session 12: 2e-5 at a
+    # scale of 65, float32 reordering), so it is held to float32 rounding, not to the bit.
+    g_in1, g_off1, g_msk1, g_w1, g_b1 = g1
+    g_in2, g_off2, g_msk2, g_w2, g_b2 = g2
+    for a, b in ((g_in1, g_in2), (g_off1, g_off2), (g_msk1, g_msk2), (g_b1, g_b2)):
         assert torch.equal(a, b)
+    assert (g_w1 - g_w2).abs().max() <= 1e-6 * g_w1.abs().max()
 
 
 def test_backward_bf16_grads_have_input_dtypes():
