@@ -300,7 +300,7 @@ def test_context_is_the_teachers_window_around_the_same_patch(tiny_data):
     padded = np.pad(enc, ((0, 0), (m, m), (m, m)), mode="edge")
     for _ in range(10):
         w0, t0 = plain.sample()
-        w1, t1, c = ctx.sample()
+        w1, t1, c = ctx.sample(with_context=True)
         assert np.array_equal(w0, w1) and np.array_equal(t0, t1)
         assert c.shape == (7, 64, 64) and c.dtype == np.uint8
         _, _, t, _, _ = ctx.last

@@ -17,6 +17,17 @@ from typing import Iterator
 from vsqe.errors import OutputError
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path, or (hard links, bind mounts) the
+    same inode. A path that does not exist names no file yet: False unless the paths resolve alike."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def default_mode() -> int:
     """The mode a plain open() would give a new file (mkstemp makes 0600 files)."""
     mask = os.umask(0)

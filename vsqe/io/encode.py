@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from vsqe.errors import FormatError, OutputError
-from vsqe.io.atomic import default_mode, write_error
+from vsqe.io.atomic import default_mode, same_file, write_error
 from vsqe.io.formats import ColorInfo, PixelFormat, VideoFrame, planes_to_av
 from vsqe.io.raw import RawWriter
 from vsqe.io.y4m import Y4MWriter
@@ -102,13 +102,7 @@ def check_output_path(path: str | os.PathLike, inputs: list[str | os.PathLike]) 
     for inp in inputs:
         if str(inp) == "-":
             continue
-        same = out.resolve() == Path(inp).resolve()
-        if not same and out.exists():
-            try:
-                same = os.path.samefile(out, inp)  # hard links, bind mounts
-            except OSError:
-                pass
-        if same:
+        if same_file(out, inp):
             raise OutputError(f"refusing to overwrite the input {inp}: choose another output name")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output folder is not writable: {folder}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from vsqe.backends import create_backend
 from vsqe.backends.choice import FALLBACK_UNTILED_PIXELS, tile_for
 from vsqe.errors import FormatError, ModelError
+from vsqe.io.atomic import same_file
 from vsqe.io.formats import (
     VideoFrame,
     float_to_plane,
@@ -118,7 +118,7 @@ class Enhancer:
             # Shipped non-PQF weights come with their shipped PQF partner (when it is installed).
             default_pqf = self.spec.default_pqf_weights_path()
             pqf_weights = None if default_pqf is None else str(default_pqf)
-        if pqf_weights is not None and self.weights_path is not None and _same_file(pqf_weights, self.weights_path):
+        if pqf_weights is not None and self.weights_path is not None and same_file(pqf_weights, self.weights_path):
             # One network for both classes, by choice (mfqev2-y's default: its non-PQF network
             # beats a PQF-trained one on PQFs, docs/training.md §7): one backend, no second copy.
             self.pqf_weights_shared = True
@@ -331,11 +331,3 @@ def _zip_flags(frames: Iterable[VideoFrame], flags: Iterable[bool]) -> Iterator[
         yield frame, bool(flag)
     if isinstance(flags, Sequence) and paired != len(flags):
         raise PqfMisaligned(f"the PQF flags cover {len(flags)} frames, the decoder gave {paired}")
-
-
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    """Whether two weight paths name one file (a missing path is left to the loader's error)."""
-    try:
-        return Path(a).resolve() == Path(b).resolve() or Path(a).samefile(b)
-    except OSError:
-        return False

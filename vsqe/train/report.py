@@ -50,26 +50,27 @@ def report(weights: str, streams: list[str], step: int = 1, backend: str = "torc
            log=print, model: str = "stdf", pqf_weights: str | None = None, folder: Path = DEV_DIR) -> dict:
     from vsqe.pipeline.enhancer import Enhancer
 
+    folder = Path(folder)
     clips = clips_in(folder)
     for s in streams:
-        missing = [c for c in clips if not (Path(folder) / f"{c}{STREAM_SUFFIX[s]}").is_file()]
+        missing = [c for c in clips if not (folder / f"{c}{STREAM_SUFFIX[s]}").is_file()]
         if missing:
             raise InputError(f"no {s} stream ({STREAM_SUFFIX[s]}) for {', '.join(missing[:3])} in {folder}")
     enh = Enhancer(model=model, weights=weights, backend=backend, threads=threads, pqf_weights=pqf_weights)
     pqf_model = enh.spec.temporal == "pqf"
     out: dict = {"model": model, "weights": weights, "backend": backend, "frame_step": step, "streams": {}}
-    if Path(folder).resolve() != DEV_DIR.resolve():
+    if clips is not DEV_CLIPS:
         out["folder"], out["clips"] = str(folder), list(clips)
     if pqf_model:
         out["pqf_weights"] = pqf_weights
     for s in streams:
         t0 = time.time()
         if pqf_model:
-            res = evaluate_pqf(enh, clips=clips, stream=s, frame_step=step, dev_dir=Path(folder))
+            res = evaluate_pqf(enh, clips=clips, stream=s, frame_step=step, dev_dir=folder)
         elif enh.spec.temporal == "recurrent":
-            res = evaluate_recurrent(enh, clips=clips, stream=s, frame_step=step, dev_dir=Path(folder))
+            res = evaluate_recurrent(enh, clips=clips, stream=s, frame_step=step, dev_dir=folder)
         else:
-            res = evaluate(enh, clips=clips, stream=s, frame_step=step, dev_dir=Path(folder))
+            res = evaluate(enh, clips=clips, stream=s, frame_step=step, dev_dir=folder)
         summ = summarize(res)
         summ["psnr_out"] = {r.clip: round(float(np.mean(r.psnr_out)), 4) for r in res}
         summ["seconds"] = round(time.time() - t0, 1)

@@ -635,8 +635,11 @@ class Trainer:
     # -- one step
     def step(self) -> dict:
         cfg = self.cfg
+        # PQF models cut the teacher's input (its window around each patch) only while its targets
+        # are used; the samples are the same either way.
+        teaching = self.teacher is not None and self.iteration < cfg.teacher_iters
         context = None
-        if self.teacher is not None and self.pqf_model:
+        if teaching and self.pqf_model:
             x, y, context = self.sampler.batch_with_context(cfg.batch)
         else:
             x, y = self.sampler.batch(cfg.batch)
@@ -645,7 +648,7 @@ class Trainer:
         # The loss's targets (the teacher's output for the first teacher_iters iterations, if
         # any); the logged figures stay against the raw frames.
         target = y
-        if self.teacher is not None and self.iteration < cfg.teacher_iters:
+        if teaching:
             if context is not None:
                 target = self.teacher.centre(context.to(self.device), TeacherTargets.MARGIN)
             else:

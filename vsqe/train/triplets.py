@@ -79,8 +79,9 @@ class TripletSampler(PatchSampler):
         w = np.array([c["pixels"] for c in self.clips], dtype=np.float64)
         self.clip_p = w / w.sum()
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One (triplet [3, P, P] uint8 = left reference, frame, right reference; target [P, P])."""
+    def sample(self, with_context: bool = False):
+        """One (triplet [3, P, P] uint8 = left reference, frame, right reference; target [P, P]),
+        and with `with_context` (a sampler made with context_radius > 0) the context third."""
         rng = self.rng
         p = self.patch
         for _ in range(20):
@@ -95,7 +96,7 @@ class TripletSampler(PatchSampler):
         left, right = clip["enc_refs"][k][t]
         window = np.stack([np.asarray(enc[i, y0 : y0 + p, x0 : x0 + p]) for i in (left, t, right)])
         self.last = (clip["id"], k, t, left, right)  # for tests and debugging
-        if self.context_radius > 0:
+        if with_context:
             return self._augment(window, target, self._context(enc, t, y0, x0))
         return self._augment(window, target)
 
@@ -114,15 +115,8 @@ class TripletSampler(PatchSampler):
         """x [n, 3, 1, P, P], y [n, 1, P, P] and the contexts [n, 2r+1, 1, P+2m, P+2m], in [0, 1]."""
         if self.context_radius <= 0:
             raise ValueError("batch_with_context needs a sampler made with context_radius > 0")
-        xs, ys, cs = zip(*(self.sample() for _ in range(n)))
+        xs, ys, cs = zip(*(self.sample(with_context=True) for _ in range(n)))
         x = torch.from_numpy(np.stack(xs)).float().div_(255).unsqueeze(2)
         y = torch.from_numpy(np.stack(ys)).float().div_(255).unsqueeze(1)
         c = torch.from_numpy(np.stack(cs)).float().div_(255).unsqueeze(2)
         return x, y, c
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [n, 3, 1, P, P], y [n, 1, P, P] (the contexts, if any, are dropped)."""
-        if self.context_radius <= 0:
-            return super().batch(n)
-        x, y, _ = self.batch_with_context(n)
-        return x, y
